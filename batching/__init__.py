@@ -1,0 +1,1 @@
+"""Dynamic batching: per-model queues, the batching policy, and batch assembly."""

@@ -1,0 +1,1 @@
+"""Model repository, configuration, and runtimes (ONNX Runtime, PyTorch)."""

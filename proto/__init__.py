@@ -1,0 +1,1 @@
+"""The KServe v2 / Triton gRPC protocol: .proto sources and their generated stubs."""

@@ -1,0 +1,1 @@
+"""gRPC front end: the KServe v2 servicer, CLI, and process lifecycle."""

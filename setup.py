@@ -1,0 +1,53 @@
+"""Builds and installs infergate: each top-level folder becomes a subpackage of `infergate`."""
+
+import os
+
+from setuptools import setup
+
+# The repository's top level is the architecture; installed, every folder lives under
+# the `infergate` namespace so no bare `server` or `models` lands in site-packages.
+SUBPACKAGES = ("proto", "server", "batching", "models", "bench")
+
+# onnxruntime and onnxruntime-gpu cannot share an environment: CPU by default,
+# INFERGATE_GPU=1 at install time (Dockerfile.gpu) selects the CUDA build.
+ORT_PACKAGE = "onnxruntime-gpu" if os.environ.get("INFERGATE_GPU") == "1" else "onnxruntime"
+
+setup(
+    name="infergate",
+    version="0.1.0",
+    description="High-performance Triton/KServe-v2-compatible gRPC inference server in Python",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=[f"infergate.{name}" for name in SUBPACKAGES],
+    package_dir={f"infergate.{name}": name for name in SUBPACKAGES},
+    package_data={"infergate.proto": ["*.proto", "*.pyi"], "infergate.server": ["py.typed"]},
+    install_requires=[
+        "numpy>=1.24",
+        "grpcio>=1.66",
+        "grpcio-health-checking>=1.66",
+        "grpcio-reflection>=1.66",
+        # The committed stubs come from grpcio-tools 1.81 (protobuf gencode 6.33.5);
+        # tritonclient 2.73, which clients and tests use, requires protobuf < 7.
+        "protobuf>=6.33.5,<8",
+        f"{ORT_PACKAGE}>=1.17",
+        "onnx>=1.15",
+        "scikit-learn>=1.3",
+        "prometheus-client>=0.19",
+    ],
+    extras_require={
+        "torch": ["torch>=2.1"],
+        "gpu": ["nvidia-ml-py>=12"],  # NVML for GPU telemetry; see ORT_PACKAGE
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "hypothesis>=6.100",
+            "tritonclient[grpc]==2.73.0",
+            "grpcio-tools==1.81.1",
+            "ruff>=0.6",
+            "mypy>=1.10",
+        ],
+    },
+    entry_points={"console_scripts": ["infergate=infergate.server.cli:main"]},
+)
