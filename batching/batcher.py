@@ -1,0 +1,333 @@
+"""DynamicBatcher: one per model; queues requests, dispatches batches to runtime instances."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from infergate.batching.policy import BatchDecision, BatchLimits, decide, effective_timeout_us
+from infergate.models.errors import DeadlineExceeded, InferError, InvalidInput, ModelUnavailable, QueueFull
+
+logger = logging.getLogger(__name__)
+
+Tensors = Mapping[str, np.ndarray]
+# Runs one assembled batch (blocking, off the event loop): inputs with the batch dim first -> outputs.
+ExecuteFn = Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]
+
+
+@dataclass(slots=True, eq=False)
+class Timings:
+    """Monotonic nanosecond timestamps of one request's trip through the batcher."""
+
+    enqueued_ns: int = 0
+    dispatched_ns: int = 0  # batch formed and handed to an instance
+    compute_start_ns: int = 0  # after input assembly
+    compute_end_ns: int = 0  # runtime returned
+    done_ns: int = 0  # outputs split per request
+    batch_rows: int = 0  # rows in the batch this request ran in
+
+
+@dataclass(slots=True, eq=False)
+class QueuedRequest:
+    """One request waiting in a batcher queue; it carries its own future (no id->future table)."""
+
+    inputs: Tensors  # each with the batch dim first
+    rows: int
+    future: asyncio.Future[Tensors]
+    deadline_ns: int  # absolute monotonic deadline; 0 = none
+    timings: Timings = field(default_factory=Timings)
+
+    def is_abandoned(self) -> bool:
+        """True when the client went away (the future was cancelled) or it already failed."""
+        return self.future.done()
+
+
+class Stats:
+    """Counters a batcher reports to (ModelStatistics); the default records nothing."""
+
+    def batch_done(self, rows: int, requests: list[QueuedRequest]) -> None: ...
+
+    def batch_failed(self, requests: list[QueuedRequest]) -> None: ...
+
+
+class DynamicBatcher:
+    """Forms batches for one model under BatchLimits and runs them on `instance_count` instances.
+
+    All methods run on the event loop thread; only `execute` runs in `executor`.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        limits: BatchLimits,
+        execute: ExecuteFn,
+        executor: Executor,
+        instance_count: int = 1,
+        stats: Stats | None = None,
+        clock_ns: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        self.model = model
+        self.limits = limits
+        self._execute = execute
+        self._executor = executor
+        self._free_instances = max(instance_count, 1)
+        self._stats = stats or Stats()
+        self._clock_ns = clock_ns
+        # One FIFO per priority level; index 0 is level 1, the highest priority.
+        self._queues: list[deque[QueuedRequest]] = [deque() for _ in range(limits.priority_levels)]
+        self._queued = 0
+        self._in_flight: set[asyncio.Future[Any]] = set()
+        self._is_schedule_pending = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at_ns = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._is_accepting = True
+
+    # -- intake ---------------------------------------------------------------------------
+
+    def submit(self, inputs: Tensors, rows: int, priority: int = 0, timeout_us: int = 0,
+               deadline_ns: int = 0) -> asyncio.Future[Tensors]:
+        """Queues a validated request; returns a future of its outputs (rows first).
+
+        Raises QueueFull when its priority level's queue is at max_queue_size, and
+        ModelUnavailable when the batcher is stopping.
+        """
+        if not self._is_accepting:
+            raise ModelUnavailable(self.model, "", "the model is being unloaded or the server is shutting down")
+        level = priority or self.limits.default_priority_level
+        if not 1 <= level <= self.limits.priority_levels:
+            raise InvalidInput(
+                f"parameter 'priority' is {priority}, expected 0 (default) or 1..{self.limits.priority_levels}"
+            )
+        queue = self._queues[level - 1]
+        policy = self.limits.policy_for(level)
+        if policy.max_queue_size and len(queue) >= policy.max_queue_size:
+            raise QueueFull(self.model, policy.max_queue_size)
+        loop = self._loop or self._bind_loop()
+        now_ns = self._clock_ns()
+        timeout_us = effective_timeout_us(timeout_us, policy)
+        if timeout_us:
+            queue_deadline_ns = now_ns + timeout_us * 1000
+            deadline_ns = min(deadline_ns, queue_deadline_ns) if deadline_ns else queue_deadline_ns
+        request = QueuedRequest(inputs, rows, loop.create_future(), deadline_ns)
+        request.timings.enqueued_ns = now_ns
+        queue.append(request)
+        self._queued += 1
+        if not self._is_schedule_pending:
+            # Coalesce: every request that arrives in this loop iteration joins one decision.
+            self._is_schedule_pending = True
+            loop.call_soon(self._schedule)
+        return request.future
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        # Bound lazily: futures and timers must belong to the loop that serves requests.
+        self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting (including abandoned ones not yet purged)."""
+        return self._queued
+
+    # -- scheduling -----------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        self._is_schedule_pending = False
+        try:
+            while self._free_instances > 0 and self._queued:
+                now_ns = self._clock_ns()
+                decision = self._decide(now_ns)
+                if decision.count == 0:
+                    if decision.wake_in_us is not None:
+                        self._arm_timer(now_ns + decision.wake_in_us * 1000)
+                    return
+                self._dispatch(self._pop(decision.count), decision.rows, now_ns)
+        except Exception:
+            logger.exception("model '%s': batch scheduling failed; failing queued requests", self.model)
+            self._fail_all(InferError(f"internal error while batching for model '{self.model}'"))
+
+    def _decide(self, now_ns: int) -> BatchDecision:
+        """Purges abandoned and expired heads, then asks the policy about the live head."""
+        rows: list[int] = []
+        budget = self.limits.max_rows
+        total = 0
+        oldest_ns = 0
+        for queue in self._queues:
+            while queue and self._purge_if_dead(queue[0], now_ns):
+                queue.popleft()
+                self._queued -= 1
+            for request in queue:
+                if self._purge_if_dead(request, now_ns):
+                    continue  # removed lazily when it reaches the head
+                rows.append(request.rows)
+                total += request.rows
+                if not oldest_ns or request.timings.enqueued_ns < oldest_ns:
+                    oldest_ns = request.timings.enqueued_ns
+                if total > budget:
+                    break  # one past the budget tells the policy the batch is full
+            if total > budget:
+                break
+        if not rows:
+            return BatchDecision(0, 0, None)
+        return decide(rows, (now_ns - oldest_ns) // 1000, self.limits)
+
+    def _purge_if_dead(self, request: QueuedRequest, now_ns: int) -> bool:
+        if request.future.done():
+            return True
+        if request.deadline_ns and now_ns >= request.deadline_ns:
+            waited_us = (now_ns - request.timings.enqueued_ns) // 1000
+            request.future.set_exception(DeadlineExceeded(self.model, waited_us))
+            return True
+        return False
+
+    def _pop(self, count: int) -> list[QueuedRequest]:
+        batch: list[QueuedRequest] = []
+        for queue in self._queues:
+            while queue and len(batch) < count:
+                request = queue.popleft()
+                self._queued -= 1
+                if not request.future.done():
+                    batch.append(request)
+            if len(batch) == count:
+                break
+        return batch
+
+    def _arm_timer(self, at_ns: int) -> None:
+        if self._timer is not None and self._timer_at_ns <= at_ns:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        assert self._loop is not None
+        self._timer_at_ns = at_ns
+        self._timer = self._loop.call_later(max(at_ns - self._clock_ns(), 0) / 1e9, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._schedule()
+
+    # -- execution ------------------------------------------------------------------------
+
+    def _dispatch(self, batch: list[QueuedRequest], rows: int, now_ns: int) -> None:
+        assert self._loop is not None
+        self._free_instances -= 1
+        for request in batch:
+            request.timings.dispatched_ns = now_ns
+        run = self._loop.run_in_executor(self._executor, self._run_batch, batch, rows)
+        self._in_flight.add(run)
+        run.add_done_callback(lambda done: self._finish(batch, rows, done))
+
+    def _run_batch(self, batch: list[QueuedRequest], rows: int) -> list[Tensors | Exception]:
+        """In an executor thread: assemble, execute, split. A failing batch is retried
+        request by request so one bad request cannot fail the others."""
+        try:
+            return self._execute_and_split(batch, rows)
+        except Exception as exc:
+            if len(batch) == 1:
+                return [exc]
+            logger.warning("model '%s': batch of %d requests failed (%s); retrying one by one",
+                           self.model, len(batch), exc)
+            results: list[Tensors | Exception] = []
+            for request in batch:
+                try:
+                    results.extend(self._execute_and_split([request], request.rows))
+                except Exception as single_exc:
+                    results.append(single_exc)
+            return results
+
+    def _execute_and_split(self, batch: list[QueuedRequest], rows: int) -> list[Tensors | Exception]:
+        clock_ns = self._clock_ns
+        names = batch[0].inputs.keys()
+        if len(batch) == 1:
+            assembled = dict(batch[0].inputs)
+        else:
+            # The one copy into the batch buffer.
+            assembled = {name: np.concatenate([r.inputs[name] for r in batch]) for name in names}
+        compute_start_ns = clock_ns()
+        outputs = self._execute(assembled)
+        compute_end_ns = clock_ns()
+        if self.limits.max_batch_size == 0:
+            # A model that does not batch: one request, outputs returned whole.
+            timings = batch[0].timings
+            timings.compute_start_ns, timings.compute_end_ns, timings.batch_rows = compute_start_ns, compute_end_ns, 1
+            timings.done_ns = compute_end_ns
+            return [dict(outputs)]
+        results: list[Tensors | Exception] = []
+        offset = 0
+        for request in batch:
+            end = offset + request.rows
+            # Views into the batch output; the server copies them once into the response.
+            results.append({name: value[offset:end] for name, value in outputs.items()})
+            offset = end
+            timings = request.timings
+            timings.compute_start_ns = compute_start_ns
+            timings.compute_end_ns = compute_end_ns
+            timings.batch_rows = rows
+        if offset != rows or any(len(v) != rows for v in outputs.values()):
+            raise InferError(
+                f"model '{self.model}' returned outputs of {[len(v) for v in outputs.values()]} rows "
+                f"for a batch of {rows} rows"
+            )
+        done_ns = clock_ns()
+        for request in batch:
+            request.timings.done_ns = done_ns
+        return results
+
+    def _finish(self, batch: list[QueuedRequest], rows: int, run: asyncio.Future[list[Tensors | Exception]]) -> None:
+        self._in_flight.discard(run)
+        self._free_instances += 1
+        exc = run.exception() if not run.cancelled() else InferError("batch execution was cancelled")
+        if exc is not None:
+            results: list[Tensors | Exception] = [exc] * len(batch)  # type: ignore[list-item]
+        else:
+            results = run.result()
+        succeeded = []
+        for request, result in zip(batch, results):
+            if request.future.done():
+                continue
+            if isinstance(result, Exception):
+                request.future.set_exception(_as_infer_error(self.model, result))
+            else:
+                request.future.set_result(result)
+                succeeded.append(request)
+        if succeeded:
+            self._stats.batch_done(rows, succeeded)
+        if len(succeeded) < len(batch):
+            self._stats.batch_failed([r for r in batch if r not in succeeded])
+        self._schedule()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def stop(self, drain_timeout_s: float) -> None:
+        """Stops accepting, lets queued and running batches finish within the timeout,
+        then fails whatever is left with UNAVAILABLE."""
+        self._is_accepting = False
+        deadline = time.monotonic() + drain_timeout_s
+        while (self._queued or self._in_flight) and time.monotonic() < deadline:
+            waiters = list(self._in_flight) or [asyncio.ensure_future(asyncio.sleep(0.01))]
+            await asyncio.wait(waiters, timeout=max(deadline - time.monotonic(), 0))
+        self._fail_all(ModelUnavailable(self.model, "", "the server is shutting down"))
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _fail_all(self, error: InferError) -> None:
+        for queue in self._queues:
+            while queue:
+                request = queue.popleft()
+                if not request.future.done():
+                    request.future.set_exception(error)
+        self._queued = 0
+
+
+def _as_infer_error(model: str, exc: BaseException) -> InferError:
+    if isinstance(exc, InferError):
+        return exc
+    logger.error("model '%s' failed to execute: %r", model, exc)
+    return InferError(f"model '{model}' failed to execute: {type(exc).__name__}: {exc}")

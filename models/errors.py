@@ -1,0 +1,84 @@
+"""Errors a request or a model can raise, each carrying the gRPC status it maps to."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Status(enum.Enum):
+    """The subset of gRPC status codes infergate returns; server/ maps them by name."""
+
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    NOT_FOUND = "NOT_FOUND"
+    UNAVAILABLE = "UNAVAILABLE"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    CANCELLED = "CANCELLED"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    UNIMPLEMENTED = "UNIMPLEMENTED"
+    INTERNAL = "INTERNAL"
+
+
+class InferError(Exception):
+    """Base of every error a client may see; `status` says which gRPC code it becomes."""
+
+    status = Status.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(InferError):
+    """A request field has a value the model cannot accept."""
+
+    status = Status.INVALID_ARGUMENT
+
+
+class ModelNotFound(InferError):
+    status = Status.NOT_FOUND
+
+    def __init__(self, name: str, version: str = "") -> None:
+        where = f"'{name}' version {version}" if version else f"'{name}'"
+        super().__init__(f"model {where} is not in the model repository")
+
+
+class ModelUnavailable(InferError):
+    status = Status.UNAVAILABLE
+
+    def __init__(self, name: str, version: str, reason: str) -> None:
+        label = f"'{name}' version {version}" if version else f"'{name}'"
+        super().__init__(f"model {label} is not ready: {reason}")
+
+
+class QueueFull(InferError):
+    status = Status.RESOURCE_EXHAUSTED
+
+    def __init__(self, model: str, max_queue_size: int) -> None:
+        super().__init__(
+            f"model '{model}' queue is full: {max_queue_size} requests already waiting "
+            "(dynamic_batching.default_queue_policy.max_queue_size); retry later"
+        )
+
+
+class DeadlineExceeded(InferError):
+    status = Status.DEADLINE_EXCEEDED
+
+    def __init__(self, model: str, waited_us: int) -> None:
+        super().__init__(f"request to model '{model}' timed out after {waited_us} us in the queue, before it was run")
+
+
+class ConfigError(InferError):
+    """A config.pbtxt or model file the repository cannot load."""
+
+    status = Status.INVALID_ARGUMENT
+
+
+class Unsupported(InferError):
+    status = Status.UNIMPLEMENTED
+
+
+class NotAllowed(InferError):
+    """The server's mode forbids this call (e.g. model control without explicit mode)."""
+
+    status = Status.FAILED_PRECONDITION

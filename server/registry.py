@@ -1,0 +1,159 @@
+"""ModelRegistry: which model versions are loaded, their batchers, states and statistics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from infergate.batching.batcher import DynamicBatcher
+from infergate.batching.limits import limits_from_config
+from infergate.batching.stats import ModelStats
+from infergate.models.errors import InferError, ModelNotFound, ModelUnavailable
+from infergate.models.repository import LoadedVersion, list_models, load_model
+from infergate.server.codec import ModelIO
+
+logger = logging.getLogger(__name__)
+
+READY, UNAVAILABLE, LOADING, UNLOADING = "READY", "UNAVAILABLE", "LOADING", "UNLOADING"
+
+
+@dataclass(slots=True, eq=False)
+class ServedModel:
+    """A loaded model version wired to its batcher."""
+
+    loaded: LoadedVersion
+    io: ModelIO
+    batcher: DynamicBatcher
+    stats: ModelStats
+    executor: ThreadPoolExecutor
+
+    @property
+    def name(self) -> str:
+        return self.loaded.spec.name
+
+    @property
+    def version(self) -> str:
+        return self.loaded.version
+
+
+@dataclass(slots=True)
+class ModelEntry:
+    """Everything known about one model name, loaded or not."""
+
+    name: str
+    state: str = UNAVAILABLE
+    reason: str = ""
+    versions: dict[str, ServedModel] = field(default_factory=dict)  # ready versions
+    latest: ServedModel | None = None  # highest ready version: the target of version ""
+
+
+class ModelRegistry:
+    """Loads, serves and unloads the models of one repository."""
+
+    def __init__(self, repository: Path) -> None:
+        self.repository = repository
+        self._entries: dict[str, ModelEntry] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def get(self, name: str, version: str = "") -> ServedModel:
+        """The served model for (name, version); "" means the latest ready version."""
+        entry = self._entries.get(name)
+        if entry is None:
+            raise ModelNotFound(name, version)
+        if not version:
+            if entry.latest is None:
+                raise ModelUnavailable(name, "", entry.reason or entry.state.lower())
+            return entry.latest
+        served = entry.versions.get(version)
+        if served is None:
+            if entry.state == READY:
+                raise ModelNotFound(name, version)
+            raise ModelUnavailable(name, version, entry.reason or entry.state.lower())
+        return served
+
+    def is_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.get(name, version)
+        except InferError:
+            return False
+        return True
+
+    def entries(self) -> list[ModelEntry]:
+        return [self._entries[name] for name in sorted(self._entries)]
+
+    def all_served(self) -> list[ServedModel]:
+        return [s for e in self.entries() for s in e.versions.values()]
+
+    def discover(self) -> list[str]:
+        """Lists the repository's models, registering unseen ones as UNAVAILABLE (not loaded)."""
+        names = list_models(self.repository)
+        for name in names:
+            self._entries.setdefault(name, ModelEntry(name, reason="not loaded"))
+        return names
+
+    async def load(self, name: str) -> None:
+        """Loads (or reloads) a model; on failure it is UNAVAILABLE with the reason, and raises."""
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            entry = self._entries.setdefault(name, ModelEntry(name))
+            previous = list(entry.versions.values())
+            entry.state, entry.reason = LOADING, ""
+            try:
+                loaded = await asyncio.to_thread(load_model, self.repository, name)
+            except Exception as exc:
+                entry.state = UNAVAILABLE if not previous else READY
+                entry.reason = exc.message if isinstance(exc, InferError) else f"{type(exc).__name__}: {exc}"
+                logger.error("model '%s' failed to load: %s", name, entry.reason)
+                raise
+            entry.versions = {v.version: _serve(v) for v in loaded}
+            entry.latest = max(entry.versions.values(), key=lambda s: int(s.version))
+            entry.state, entry.reason = READY, ""
+            for served in previous:
+                await _retire(served)
+
+    async def unload(self, name: str, drain_timeout_s: float = 30.0) -> None:
+        """Unloads every version of a model after its queued requests finish."""
+        entry = self._entries.get(name)
+        if entry is None:
+            raise ModelNotFound(name)
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            served = list(entry.versions.values())
+            entry.state, entry.versions, entry.latest = UNLOADING, {}, None
+            for model in served:
+                await _retire(model, drain_timeout_s)
+            entry.state, entry.reason = UNAVAILABLE, "unloaded"
+
+    async def load_all(self, names: list[str] | None = None) -> None:
+        """Loads the given models (default: all in the repository); failures are logged, not raised."""
+        names = self.discover() if names is None else names
+        for name in names:
+            try:
+                await self.load(name)
+            except Exception:
+                pass  # already logged and recorded as the model's reason
+
+    async def stop(self, drain_timeout_s: float) -> None:
+        await asyncio.gather(*(_retire(s, drain_timeout_s) for s in self.all_served()))
+
+
+def _serve(loaded: LoadedVersion) -> ServedModel:
+    spec, runtime = loaded.spec, loaded.runtime
+    output_names = [t.name for t in spec.outputs]
+    executor = ThreadPoolExecutor(max_workers=spec.instance_count, thread_name_prefix=f"infer-{spec.name}")
+    stats = ModelStats()
+
+    def execute(inputs: dict) -> dict:  # type: ignore[type-arg]
+        return runtime.predict(inputs, output_names)
+
+    batcher = DynamicBatcher(spec.name, limits_from_config(spec.config), execute, executor,
+                             instance_count=spec.instance_count, stats=stats)
+    return ServedModel(loaded, ModelIO.of(spec), batcher, stats, executor)
+
+
+async def _retire(served: ServedModel, drain_timeout_s: float = 30.0) -> None:
+    await served.batcher.stop(drain_timeout_s)
+    served.executor.shutdown(wait=False)
+    served.loaded.runtime.unload()

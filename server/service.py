@@ -1,0 +1,253 @@
+"""The KServe v2 / Triton GRPCInferenceService: convert, call the registry and batcher, convert back."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from infergate.batching.stats import Duration, ModelStats
+from infergate.models.errors import ModelNotFound, NotAllowed, Unsupported
+from infergate.proto import grpc_service_pb2 as pb
+from infergate.server.codec import decode_request, encode_response
+from infergate.server.errors import status_of
+from infergate.server.registry import READY, ModelRegistry, ServedModel
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = "inference.GRPCInferenceService"
+SERVER_NAME = "infergate"
+# Protocol extensions this server really implements (ServerMetadata.extensions).
+EXTENSIONS = ("model_configuration", "model_repository", "schedule_policy", "statistics",
+              "binary_tensor_data", "parameters")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("infergate")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+class InferenceService:
+    """Handlers for every RPC of inference.GRPCInferenceService."""
+
+    def __init__(self, registry: ModelRegistry, *, is_explicit_control: bool = False) -> None:
+        self.registry = registry
+        self.is_explicit_control = is_explicit_control
+        self.is_ready = False  # set once start-up loading is done; cleared when shutting down
+        self.version = _version()
+
+    # -- health and metadata ----------------------------------------------------------
+
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.is_ready)
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self.registry.is_ready(request.name, request.version))
+
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=self.version, extensions=EXTENSIONS)
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
+        served = self.registry.get(request.name, request.version)
+        spec = served.loaded.spec
+        entry = next(e for e in self.registry.entries() if e.name == spec.name)
+        response = pb.ModelMetadataResponse(name=spec.name, versions=sorted(entry.versions, key=int),
+                                            platform=spec.platform)
+        for tensors, target in ((spec.inputs, response.inputs), (spec.outputs, response.outputs)):
+            for t in tensors:
+                target.add(name=t.name, datatype=t.datatype, shape=t.full_shape(spec.max_batch_size))
+        return response
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
+        served = self.registry.get(request.name, request.version)
+        response = pb.ModelConfigResponse()
+        # Stubs of both protos live in one pool, so the config copies across directly.
+        response.config.CopyFrom(served.loaded.spec.config)
+        return response
+
+    # -- inference --------------------------------------------------------------------
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        received_ns = time.monotonic_ns()
+        served = self.registry.get(request.model_name, request.model_version)
+        try:
+            decoded = decode_request(request, served.io)
+            remaining_s = context.time_remaining()
+            deadline_ns = received_ns + int(remaining_s * 1e9) if remaining_s is not None else 0
+            outputs = await served.batcher.submit(decoded.inputs, decoded.rows, decoded.priority,
+                                                  decoded.timeout_us, deadline_ns)
+            response = encode_response(served.loaded.spec, served.version, request.id, outputs,
+                                       decoded.output_names)
+        except BaseException:
+            served.stats.request_failed(time.monotonic_ns() - received_ns)
+            raise
+        served.stats.request_succeeded(time.monotonic_ns() - received_ns)
+        return response
+
+    async def ModelStreamInfer(self, requests: AsyncIterator[pb.ModelInferRequest],
+                               context: Any) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Pipelined: every request is submitted as it arrives; responses go out in request order."""
+        pending: asyncio.Queue[asyncio.Future[pb.ModelStreamInferResponse] | None] = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    pending.put_nowait(asyncio.ensure_future(self._stream_one(request, context)))
+            finally:
+                pending.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (item := await pending.get()) is not None:
+                yield await item
+            await reader  # re-raises a failed read (e.g. the client cancelled)
+        finally:
+            reader.cancel()
+
+    async def _stream_one(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelStreamInferResponse:
+        try:
+            return pb.ModelStreamInferResponse(infer_response=await self.ModelInfer(request, context))
+        except Exception as exc:
+            code, message = status_of(exc)
+            return pb.ModelStreamInferResponse(error_message=message)
+
+    # -- statistics -------------------------------------------------------------------
+
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest,
+                              context: Any) -> pb.ModelStatisticsResponse:
+        if request.name:
+            served_models = [self.registry.get(request.name, request.version)] if request.version else [
+                s for e in self.registry.entries() if e.name == request.name for s in e.versions.values()]
+            if not served_models:
+                self.registry.get(request.name)  # raises NOT_FOUND or UNAVAILABLE with the reason
+        else:
+            served_models = self.registry.all_served()
+        response = pb.ModelStatisticsResponse()
+        for served in served_models:
+            _fill_statistics(response.model_stats.add(), served)
+        return response
+
+    # -- repository -------------------------------------------------------------------
+
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest,
+                              context: Any) -> pb.RepositoryIndexResponse:
+        self.registry.discover()
+        response = pb.RepositoryIndexResponse()
+        for entry in self.registry.entries():
+            if entry.versions:
+                for version in sorted(entry.versions, key=int):
+                    response.models.add(name=entry.name, version=version, state=READY)
+            elif not request.ready:
+                response.models.add(name=entry.name, state=entry.state, reason=entry.reason)
+        return response
+
+    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest,
+                                  context: Any) -> pb.RepositoryModelLoadResponse:
+        self._require_explicit("load")
+        if request.parameters:
+            raise Unsupported(f"RepositoryModelLoad parameters {sorted(request.parameters)} are not supported; "
+                              "load the model from its folder in the repository")
+        if request.model_name not in self.registry.discover():
+            raise ModelNotFound(request.model_name)
+        await self.registry.load(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest,
+                                    context: Any) -> pb.RepositoryModelUnloadResponse:
+        self._require_explicit("unload")
+        await self.registry.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    def _require_explicit(self, action: str) -> None:
+        if not self.is_explicit_control:
+            raise NotAllowed(f"explicit model {action} is not allowed: start the server with "
+                             "--model-control-mode explicit")
+
+
+def _fill_statistics(out: pb.ModelStatistics, served: ServedModel) -> None:
+    stats: ModelStats = served.stats
+    out.name, out.version = served.name, served.version
+    out.last_inference = stats.last_inference_ms
+    out.inference_count = stats.inference_count
+    out.execution_count = stats.execution_count
+    infer = out.inference_stats
+    for name in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
+        duration: Duration = getattr(stats, name)
+        getattr(infer, name).CopyFrom(pb.StatisticDuration(count=duration.count, ns=duration.ns))
+    for size in sorted(stats.batches):
+        batch = stats.batches[size]
+        entry = out.batch_stats.add(batch_size=size)
+        for name in ("compute_input", "compute_infer", "compute_output"):
+            duration = getattr(batch, name)
+            getattr(entry, name).CopyFrom(pb.StatisticDuration(count=duration.count, ns=duration.ns))
+
+
+# -- wiring into grpc -------------------------------------------------------------------
+
+Handler = Callable[[Any, Any], Awaitable[Any]]
+UNARY_METHODS = (
+    "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer", "ModelConfig",
+    "ModelStatistics", "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload",
+)
+UNSUPPORTED_METHODS = (
+    "SystemSharedMemoryStatus", "SystemSharedMemoryRegister", "SystemSharedMemoryUnregister",
+    "CudaSharedMemoryStatus", "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister",
+    "TraceSetting", "LogSettings",
+)
+
+
+def _guarded(method: str, handler: Handler) -> Handler:
+    """Wraps a handler so every error leaves through status_of (one mapping, exact messages)."""
+
+    async def call(request: Any, context: Any) -> Any:
+        try:
+            return await handler(request, context)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            code, message = status_of(exc)
+            await context.abort(code, message)
+
+    call.__name__ = method
+    return call
+
+
+def _unsupported(method: str) -> Handler:
+    async def call(request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not supported by infergate")
+
+    return call
+
+
+def generic_handler(service: InferenceService) -> grpc.GenericRpcHandler:
+    """Builds the grpc handler for inference.GRPCInferenceService from the service's methods."""
+    service_descriptor = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in service_descriptor.methods:
+        request_type = _message_class(method.input_type.name)
+        response_type = _message_class(method.output_type.name)
+        codec = dict(request_deserializer=request_type.FromString,
+                     response_serializer=response_type.SerializeToString)
+        if method.name == "ModelStreamInfer":
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(service.ModelStreamInfer, **codec)
+        elif method.name in UNARY_METHODS:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _guarded(method.name, getattr(service, method.name)), **codec)
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(_unsupported(method.name), **codec)
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+
+
+def _message_class(name: str) -> Any:
+    return getattr(pb, name)
