@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from infergate.models.config import TensorSpec
-from infergate.models.errors import ConfigError
+from infergate.models.errors import ConfigError, InvalidInput
 from infergate.models.runtime import Runtime, requires_gpu, wants_gpu
 
 logger = logging.getLogger(__name__)
@@ -26,6 +26,21 @@ ORT_TYPES = {
 # whole batches, and ORT's own spinning thread pool would fight gRPC and the batcher for
 # the same cores. Raise it per model with parameters { key: "intra_op_thread_count" ... }.
 DEFAULT_INTRA_OP_THREADS = 1
+
+
+def _as_text(name: str, value: np.ndarray) -> np.ndarray:
+    """ONNX string tensors hold UTF-8 text: BYTES elements are decoded, and refused if not UTF-8."""
+    flat = value.reshape(-1)
+    out = np.empty(flat.shape, dtype=object)
+    for i, item in enumerate(flat):
+        try:
+            out[i] = item.decode("utf-8") if isinstance(item, bytes) else str(item)
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(
+                f"input '{name}' element {i} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                "ONNX string tensors hold UTF-8 text"
+            ) from None
+    return out.reshape(value.shape)
 
 
 class OnnxRuntime(Runtime):
@@ -46,6 +61,7 @@ class OnnxRuntime(Runtime):
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
             raise ConfigError(f"model '{self.spec.name}': onnxruntime cannot load {self.model_path}: {exc}") from None
         self._input_names = {i.name for i in self.session.get_inputs()}
+        self._string_inputs = {i.name for i in self.session.get_inputs() if i.type == "tensor(string)"}
 
     def _providers(self) -> list[str]:
         available = ort.get_available_providers()
@@ -77,6 +93,8 @@ class OnnxRuntime(Runtime):
 
     def predict(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
         feeds = {name: value for name, value in inputs.items() if name in self._input_names}
+        for name in self._string_inputs & feeds.keys():
+            feeds[name] = _as_text(name, feeds[name])
         values = self.session.run(list(output_names), feeds)
         return dict(zip(output_names, values))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -50,7 +51,10 @@ class TorchRuntime(Runtime):
                 "use KIND_CPU or KIND_AUTO"
             )
         try:
-            self.module = torch.jit.load(str(self.model_path), map_location=self._device)
+            with warnings.catch_warnings():
+                # TorchScript is deprecated upstream, but it is what pytorch_libtorch serves.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self.module = torch.jit.load(str(self.model_path), map_location=self._device)
         except Exception as exc:
             raise ConfigError(f"model '{self.spec.name}': torch cannot load {self.model_path}: {exc}") from None
         self.module.eval()

@@ -1,0 +1,121 @@
+"""End to end: every metadata, health and repository RPC through the stock tritonclient."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from conftest import has_torch
+
+
+def test_server_live_ready_metadata(client: grpcclient.InferenceServerClient) -> None:
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    metadata = client.get_server_metadata()
+    assert metadata.name == "infergate"
+    assert {"model_repository", "statistics", "model_configuration"} <= set(metadata.extensions)
+
+
+def test_model_ready(client: grpcclient.InferenceServerClient) -> None:
+    assert client.is_model_ready("classifier")
+    assert client.is_model_ready("add_sub", "1") and client.is_model_ready("add_sub", "2")
+    assert not client.is_model_ready("add_sub", "3")
+    assert not client.is_model_ready("no_such_model")
+    assert not client.is_model_ready("broken_config")
+
+
+def test_model_metadata(client: grpcclient.InferenceServerClient) -> None:
+    metadata = client.get_model_metadata("classifier")
+    assert metadata.name == "classifier" and metadata.platform == "onnxruntime_onnx"
+    assert list(metadata.versions) == ["1"]
+    assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [("INPUT0", "FP32", [-1, 16])]
+    assert [(t.name, list(t.shape)) for t in metadata.outputs] == [("PROBS", [-1, 4]), ("LOGITS", [-1, 4])]
+    # add_sub's config names no tensors: they are completed from the ONNX file.
+    add_sub = client.get_model_metadata("add_sub")
+    assert list(add_sub.versions) == ["1", "2"]
+    assert [(t.name, t.datatype, list(t.shape)) for t in add_sub.inputs] == [
+        ("INPUT0", "INT32", [-1, 4]), ("INPUT1", "INT32", [-1, 4])]
+    nobatch = client.get_model_metadata("add_sub_nobatch")
+    assert [list(t.shape) for t in nobatch.inputs] == [[4], [4]]
+
+
+def test_model_config(client: grpcclient.InferenceServerClient) -> None:
+    config = client.get_model_config("classifier").config
+    assert config.max_batch_size == 8
+    assert config.dynamic_batching.max_queue_delay_microseconds == 2000
+    assert [i.name for i in config.input] == ["INPUT0"]
+    completed = client.get_model_config("add_sub").config
+    assert completed.platform == "onnxruntime_onnx"
+    assert [o.name for o in completed.output] == ["OUTPUT0", "OUTPUT1"]
+
+
+def test_model_metadata_unknown_model(client: grpcclient.InferenceServerClient) -> None:
+    with pytest.raises(InferenceServerException) as info:
+        client.get_model_metadata("no_such_model")
+    assert info.value.status() == "StatusCode.NOT_FOUND"
+    assert info.value.message() == "model 'no_such_model' is not in the model repository"
+
+
+def test_repository_index_reports_failures(client: grpcclient.InferenceServerClient) -> None:
+    index = {(m.name, m.version): m for m in client.get_model_repository_index().models}
+    assert index[("classifier", "1")].state == "READY"
+    assert index[("add_sub", "2")].state == "READY"
+    broken = index[("broken_config", "")]
+    assert broken.state == "UNAVAILABLE"
+    assert "config.pbtxt: not a valid ModelConfig in protobuf text format" in broken.reason
+    missing = index[("missing_file", "")]
+    assert missing.state == "UNAVAILABLE"
+    assert missing.reason.startswith("model 'missing_file' version 1: model file ")
+    assert missing.reason.endswith("missing_file/1/model.onnx not found")
+    ready_only = client.get_model_repository_index()
+    assert ready_only.models
+
+
+def test_unavailable_model_says_why(client: grpcclient.InferenceServerClient) -> None:
+    with pytest.raises(InferenceServerException) as info:
+        client.get_model_metadata("missing_file")
+    assert info.value.status() == "StatusCode.UNAVAILABLE"
+    assert "model 'missing_file' is not ready: model 'missing_file' version 1: model file" in info.value.message()
+
+
+def test_model_control_needs_explicit_mode(client: grpcclient.InferenceServerClient) -> None:
+    with pytest.raises(InferenceServerException) as info:
+        client.load_model("classifier")
+    assert info.value.status() == "StatusCode.FAILED_PRECONDITION"
+    assert info.value.message() == ("explicit model load is not allowed: start the server with "
+                                    "--model-control-mode explicit")
+
+
+def test_unsupported_rpc_is_unimplemented(client: grpcclient.InferenceServerClient) -> None:
+    with pytest.raises(InferenceServerException) as info:
+        client.get_cuda_shared_memory_status()
+    assert info.value.status() == "StatusCode.UNIMPLEMENTED"
+    assert info.value.message() == "CudaSharedMemoryStatus is not supported by infergate"
+
+
+def test_health_checking_and_reflection(url: str) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    with grpc.insecure_channel(url) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "inference.GRPCInferenceService"):
+            response = health.Check(health_pb2.HealthCheckRequest(service=service))
+            assert response.status == health_pb2.HealthCheckResponse.SERVING
+        reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        services = {s.name for r in reflect.ServerReflectionInfo(iter([request]))
+                    for s in r.list_services_response.service}
+        assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= services
+        request = reflection_pb2.ServerReflectionRequest(file_containing_symbol="inference.ModelInferRequest")
+        found = [r for r in reflect.ServerReflectionInfo(iter([request]))]
+        assert found[0].file_descriptor_response.file_descriptor_proto
+
+
+@pytest.mark.skipif(not has_torch(), reason="the torch extra is not installed")
+def test_torch_model_metadata(client: grpcclient.InferenceServerClient) -> None:
+    metadata = client.get_model_metadata("torch_linear")
+    assert metadata.platform == "pytorch_libtorch"
+    assert [t.name for t in metadata.outputs] == ["OUTPUT__0", "OUTPUT__1"]
