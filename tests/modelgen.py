@@ -62,7 +62,7 @@ def identity_all(path: Path) -> None:
     _save(helper.make_model(helper.make_graph(nodes, "identity_all", inputs, outputs), opset_imports=OPSET), path)
 
 
-def slow(path: Path, iterations: int = 300, width: int = 256) -> None:
+def slow(path: Path, iterations: int = 6000, width: int = 256) -> None:
     """INPUT0 FP32 [b, width] -> OUTPUT0: `iterations` MatMul+Tanh rounds in a Loop (a slow model)."""
     rng = np.random.default_rng(2)
     weight = numpy_helper.from_array((rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), "W")
