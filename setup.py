@@ -1,6 +1,7 @@
 """Builds and installs infergate: each top-level folder becomes a subpackage of `infergate`."""
 
 import os
+from pathlib import Path
 
 from setuptools import setup
 
@@ -16,7 +17,7 @@ setup(
     name="infergate",
     version="0.1.0",
     description="High-performance Triton/KServe-v2-compatible gRPC inference server in Python",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",

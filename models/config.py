@@ -128,7 +128,8 @@ def check_fields(config: mc.ModelConfig) -> None:
         if descriptor.name in REFUSED_FIELDS:
             raise ConfigError(f"model '{config.name}': {descriptor.name} is not supported by infergate")
         if descriptor.name not in HONOURED_FIELDS:
-            logger.warning("model '%s': config field '%s' is not supported and is ignored", config.name, descriptor.name)
+            logger.warning("model '%s': config field '%s' is not supported and is ignored",
+                           config.name, descriptor.name)
     batching = config.dynamic_batching
     if config.HasField("dynamic_batching"):
         if config.max_batch_size <= 0:

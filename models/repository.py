@@ -6,6 +6,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -74,9 +75,13 @@ def resolve_signature(spec: ModelSpec, runtime: Runtime) -> None:
         check_signature(spec, "output", spec.outputs, outputs)
 
 
-def _config_tensor(message: mc.ModelInput | mc.ModelOutput, tensor: TensorSpec) -> mc.ModelInput | mc.ModelOutput:
+_Tensor = TypeVar("_Tensor", mc.ModelInput, mc.ModelOutput)
+
+
+def _config_tensor(message: _Tensor, tensor: TensorSpec) -> _Tensor:
     message.name = tensor.name
-    message.data_type = mc.DataType.Value("TYPE_STRING" if tensor.datatype == "BYTES" else f"TYPE_{tensor.datatype}")
+    message.data_type = mc.DataType.Value(  # type: ignore[assignment]
+        "TYPE_STRING" if tensor.datatype == "BYTES" else f"TYPE_{tensor.datatype}")
     message.dims.extend(tensor.dims)
     return message
 

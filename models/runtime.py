@@ -34,7 +34,7 @@ class Runtime(abc.ABC):
     def predict(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
         """Runs one batch: inputs by config name (batch dim first) -> the named outputs."""
 
-    def unload(self) -> None:
+    def unload(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Releases the model; the default drops references and lets the GC free them."""
 
     @property

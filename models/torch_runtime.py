@@ -54,7 +54,8 @@ class TorchRuntime(Runtime):
             with warnings.catch_warnings():
                 # TorchScript is deprecated upstream, but it is what pytorch_libtorch serves.
                 warnings.simplefilter("ignore", DeprecationWarning)
-                self.module = torch.jit.load(str(self.model_path), map_location=self._device)
+                self.module = torch.jit.load(  # type: ignore[no-untyped-call]
+                    str(self.model_path), map_location=self._device)
         except Exception as exc:
             raise ConfigError(f"model '{self.spec.name}': torch cannot load {self.model_path}: {exc}") from None
         self.module.eval()

@@ -22,7 +22,8 @@ class RegistryCollector(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         labels = ["model", "version"]
-        requests = CounterMetricFamily("infergate_requests", "Inference requests completed", labels=labels + ["outcome"])
+        requests = CounterMetricFamily("infergate_requests", "Inference requests completed",
+                                       labels=labels + ["outcome"])
         inferences = CounterMetricFamily("infergate_inferences", "Rows computed (batch rows)", labels=labels)
         executions = CounterMetricFamily("infergate_executions", "Batches executed", labels=labels)
         seconds = CounterMetricFamily("infergate_duration_seconds", "Time spent, summed over requests, by phase",

@@ -134,7 +134,8 @@ dynamic_batching { }
 backend: "onnxruntime"
 max_batch_size: 0
 input [ { name: "INPUT0", data_type: TYPE_INT32, dims: [ 4 ] }, { name: "INPUT1", data_type: TYPE_INT32, dims: [ 4 ] } ]
-output [ { name: "OUTPUT0", data_type: TYPE_INT32, dims: [ 4 ] }, { name: "OUTPUT1", data_type: TYPE_INT32, dims: [ 4 ] } ]
+output [ { name: "OUTPUT0", data_type: TYPE_INT32, dims: [ 4 ] },
+          { name: "OUTPUT1", data_type: TYPE_INT32, dims: [ 4 ] } ]
 """)
     identity_all(root / "identity_all/1/model.onnx")
     types = "\n".join(
@@ -166,7 +167,8 @@ dynamic_batching {
 platform: "pytorch_libtorch"
 max_batch_size: 8
 input [ { name: "INPUT__0", data_type: TYPE_FP32, dims: [ 16 ] } ]
-output [ { name: "OUTPUT__0", data_type: TYPE_FP32, dims: [ 4 ] }, { name: "OUTPUT__1", data_type: TYPE_FP32, dims: [ 4 ] } ]
+output [ { name: "OUTPUT__0", data_type: TYPE_FP32, dims: [ 4 ] },
+          { name: "OUTPUT__1", data_type: TYPE_FP32, dims: [ 4 ] } ]
 dynamic_batching { max_queue_delay_microseconds: 1000 }
 """)
     write(root / "broken_config/config.pbtxt", "max_batch_size: eight\n")

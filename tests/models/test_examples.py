@@ -13,6 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from google.protobuf import text_format
+
 from infergate.models import examples
 from infergate.proto import model_config_pb2
 
@@ -118,7 +119,7 @@ def test_config_parses_as_model_config(repository: Path, name: str) -> None:
 def test_heldout_split_is_scaled_digits(heldout: tuple[np.ndarray, np.ndarray]) -> None:
     x, y = heldout
     assert (x.dtype, x.shape, y.dtype, y.shape) == (np.float32, (HELDOUT_ROWS, 64), np.int64, (HELDOUT_ROWS,))
-    assert 0.0 <= x.min() and x.max() <= 1.0
+    assert x.min() >= 0.0 and x.max() <= 1.0
     assert set(np.unique(y)) == set(range(10))
 
 

@@ -1,0 +1,188 @@
+"""DynamicBatcher plumbing with a gated fake model: ordering, priorities, limits, failures, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from infergate.batching.batcher import DynamicBatcher
+from infergate.batching.policy import BatchLimits, QueuePolicy
+from infergate.batching.stats import ModelStats
+from infergate.models.errors import DeadlineExceeded, InvalidInput, ModelUnavailable, QueueFull
+
+
+class GatedModel:
+    """Doubles its input; each execution waits for the gate, and records its batch."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.gate.set()
+        self.batches: list[list[float]] = []
+        self.started = threading.Semaphore(0)
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        self.started.release()
+        self.gate.wait(10)
+        x = inputs["X"]
+        self.batches.append(x[:, 0].tolist())
+        if np.isnan(x).any():
+            raise ValueError("NaN in batch")
+        return {"Y": x * 2}
+
+
+def rows(*values: float) -> dict[str, np.ndarray]:
+    return {"X": np.array([[v] for v in values], np.float32)}
+
+
+async def _started(model: GatedModel) -> None:
+    await asyncio.to_thread(model.started.acquire, True, 10)
+
+
+@pytest.fixture()
+def executor() -> ThreadPoolExecutor:
+    with ThreadPoolExecutor(2) as pool:
+        yield pool
+
+
+def test_batches_form_while_the_instance_is_busy(executor: ThreadPoolExecutor) -> None:
+    async def run() -> None:
+        model = GatedModel()
+        stats = ModelStats()
+        batcher = DynamicBatcher("m", BatchLimits(max_batch_size=4), model, executor, stats=stats)
+        model.gate.clear()
+        first = batcher.submit(rows(1), 1)
+        await _started(model)  # first runs alone, blocking the only instance
+        others = [batcher.submit(rows(v), 1) for v in (2, 3, 4, 5, 6)]
+        model.gate.set()
+        results = await asyncio.gather(first, *others)
+        assert [r["Y"][0, 0] for r in results] == [2, 4, 6, 8, 10, 12]
+        assert model.batches == [[1], [2, 3, 4, 5], [6]]
+        assert (stats.execution_count, stats.inference_count) == (3, 6)
+        assert sorted(stats.batches) == [1, 4]
+
+    asyncio.run(run())
+
+
+def test_multi_row_requests_are_split_back_exactly(executor: ThreadPoolExecutor) -> None:
+    async def run() -> None:
+        model = GatedModel()
+        batcher = DynamicBatcher("m", BatchLimits(max_batch_size=8), model, executor)
+        model.gate.clear()
+        blocker = batcher.submit(rows(0), 1)
+        await _started(model)
+        a, b, c = batcher.submit(rows(1, 2, 3), 3), batcher.submit(rows(4), 1), batcher.submit(rows(5, 6), 2)
+        model.gate.set()
+        await blocker
+        assert [r["Y"][:, 0].tolist() for r in await asyncio.gather(a, b, c)] == [[2, 4, 6], [8], [10, 12]]
+        assert model.batches[1] == [1, 2, 3, 4, 5, 6]
+
+    asyncio.run(run())
+
+
+def test_higher_priority_goes_first(executor: ThreadPoolExecutor) -> None:
+    async def run() -> None:
+        model = GatedModel()
+        limits = BatchLimits(max_batch_size=1, priority_levels=3, default_priority_level=2)
+        batcher = DynamicBatcher("m", limits, model, executor)
+        model.gate.clear()
+        futures = [batcher.submit(rows(0), 1)]
+        await _started(model)
+        futures += [batcher.submit(rows(v), 1, priority=p) for v, p in ((1, 3), (2, 0), (3, 1), (4, 2), (5, 1))]
+        model.gate.set()
+        await asyncio.gather(*futures)
+        assert model.batches == [[0], [3], [5], [2], [4], [1]]
+
+    asyncio.run(run())
+
+
+def test_queue_limit_and_priority_range(executor: ThreadPoolExecutor) -> None:
+    async def run() -> None:
+        model = GatedModel()
+        limits = BatchLimits(max_batch_size=1, default_queue_policy=QueuePolicy(max_queue_size=2))
+        batcher = DynamicBatcher("m", limits, model, executor)
+        model.gate.clear()
+        running = batcher.submit(rows(0), 1)
+        await _started(model)
+        queued = [batcher.submit(rows(1), 1), batcher.submit(rows(2), 1)]
+        with pytest.raises(QueueFull, match="model 'm' queue is full: 2 requests already waiting"):
+            batcher.submit(rows(3), 1)
+        with pytest.raises(InvalidInput, match=r"parameter 'priority' is 2, expected 0 \(default\) or 1..1"):
+            batcher.submit(rows(3), 1, priority=2)
+        model.gate.set()
+        await asyncio.gather(running, *queued)
+
+    asyncio.run(run())
+
+
+def test_cancelled_and_expired_requests_are_never_run(executor: ThreadPoolExecutor) -> None:
+    async def run() -> None:
+        model = GatedModel()
+        batcher = DynamicBatcher("m", BatchLimits(max_batch_size=4), model, executor)
+        model.gate.clear()
+        running = batcher.submit(rows(0), 1)
+        await _started(model)
+        cancelled = batcher.submit(rows(1), 1)
+        expired = batcher.submit(rows(2), 1, timeout_us=1)
+        kept = batcher.submit(rows(3), 1)
+        cancelled.cancel()
+        await asyncio.sleep(0.001)
+        model.gate.set()
+        await running
+        assert (await kept)["Y"][0, 0] == 6
+        with pytest.raises(DeadlineExceeded, match=r"request to model 'm' timed out after \d+ us in the queue"):
+            await expired
+        assert model.batches == [[0], [3]]
+
+    asyncio.run(run())
+
+
+def test_a_failing_request_does_not_fail_its_batch(executor: ThreadPoolExecutor) -> None:
+    async def run() -> None:
+        model = GatedModel()
+        batcher = DynamicBatcher("m", BatchLimits(max_batch_size=4), model, executor)
+        model.gate.clear()
+        blocker = batcher.submit(rows(0), 1)
+        await _started(model)
+        good, bad, good2 = batcher.submit(rows(1), 1), batcher.submit(rows(float("nan")), 1), batcher.submit(rows(2), 1)
+        model.gate.set()
+        await blocker
+        assert (await good)["Y"][0, 0] == 2 and (await good2)["Y"][0, 0] == 4
+        with pytest.raises(Exception, match="model 'm' failed to execute: ValueError: NaN in batch"):
+            await bad
+
+    asyncio.run(run())
+
+
+def test_stop_drains_then_refuses(executor: ThreadPoolExecutor) -> None:
+    async def run() -> None:
+        model = GatedModel()
+        batcher = DynamicBatcher("m", BatchLimits(max_batch_size=2), model, executor)
+        pending = [batcher.submit(rows(v), 1) for v in (1, 2, 3)]
+        await batcher.stop(drain_timeout_s=5)
+        assert [r["Y"][0, 0] for r in await asyncio.gather(*pending)] == [2, 4, 6]
+        with pytest.raises(ModelUnavailable, match="is being unloaded or the server is shutting down"):
+            batcher.submit(rows(4), 1)
+
+    asyncio.run(run())
+
+
+def test_stop_fails_what_cannot_drain_in_time(executor: ThreadPoolExecutor) -> None:
+    async def run() -> None:
+        model = GatedModel()
+        batcher = DynamicBatcher("m", BatchLimits(max_batch_size=1), model, executor)
+        model.gate.clear()
+        running = batcher.submit(rows(1), 1)
+        await _started(model)
+        waiting = batcher.submit(rows(2), 1)
+        await batcher.stop(drain_timeout_s=0.05)
+        with pytest.raises(ModelUnavailable, match="the server is shutting down"):
+            await waiting
+        model.gate.set()
+        assert (await running)["Y"][0, 0] == 2
+
+    asyncio.run(run())
