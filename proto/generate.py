@@ -13,7 +13,6 @@ Needs grpcio-tools 1.81.x, whose output loads under protobuf 6 (which tritonclie
 
 import argparse
 import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
