@@ -48,6 +48,7 @@ setup(
             "grpcio-tools==1.81.1",
             "ruff>=0.6",
             "mypy>=1.10",
+            "types-protobuf",
         ],
     },
     entry_points={"console_scripts": ["infergate=infergate.server.cli:main"]},

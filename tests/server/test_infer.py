@@ -13,7 +13,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import has_torch
+from harness import has_torch
 from modelgen import IDENTITY_TYPES
 
 

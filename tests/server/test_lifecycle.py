@@ -12,7 +12,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import start_server
+from harness import start_server
 
 
 def _input(value: np.ndarray) -> grpcclient.InferInput:
@@ -103,7 +103,7 @@ def test_graceful_shutdown_finishes_in_flight(test_repository: Path) -> None:
 
 
 def test_serve_without_arguments_serves_the_example_repository(tmp_path: Path) -> None:
-    from conftest import has_torch
+    from harness import has_torch
 
     server = start_server(env={"INFERGATE_CACHE_DIR": str(tmp_path)})
     try:

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from conftest import ServerProcess
+from harness import ServerProcess
 
 PERF_ANALYZER = os.environ.get("PERF_ANALYZER") or shutil.which("perf_analyzer")
 

@@ -7,7 +7,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import has_torch
+from harness import has_torch
 
 
 def test_server_live_ready_metadata(client: grpcclient.InferenceServerClient) -> None:
