@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from infergate.batching.policy import BatchDecision, BatchLimits, decide, effective_timeout_us
+from infergate.batching.timer import LOOP_TIMER_MIN_US, PRECISE_TIMER, TimerHandle
 from infergate.models.errors import DeadlineExceeded, InferError, InvalidInput, ModelUnavailable, QueueFull
 
 logger = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class DynamicBatcher:
         self._queued = 0
         self._in_flight: set[asyncio.Future[Any]] = set()
         self._is_schedule_pending = False
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | TimerHandle | None = None
         self._timer_at_ns = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._is_accepting = True
@@ -207,7 +208,11 @@ class DynamicBatcher:
             self._timer.cancel()
         assert self._loop is not None
         self._timer_at_ns = at_ns
-        self._timer = self._loop.call_later(max(at_ns - self._clock_ns(), 0) / 1e9, self._on_timer)
+        delay_ns = max(at_ns - self._clock_ns(), 0)
+        if delay_ns < LOOP_TIMER_MIN_US * 1000 and self._clock_ns is time.monotonic_ns:
+            self._timer = PRECISE_TIMER.call_at(at_ns, self._loop, self._on_timer)
+        else:
+            self._timer = self._loop.call_later(delay_ns / 1e9, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None

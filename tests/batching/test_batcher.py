@@ -186,3 +186,35 @@ def test_stop_fails_what_cannot_drain_in_time(executor: ThreadPoolExecutor) -> N
         assert (await running)["Y"][0, 0] == 2
 
     asyncio.run(run())
+
+
+def test_short_delays_use_the_precise_timer(executor: ThreadPoolExecutor) -> None:
+    """A partial batch goes when the delay expires, not at the next millisecond tick (checked by
+    the count of executions, not by timing)."""
+    async def run() -> None:
+        model = GatedModel()
+        batcher = DynamicBatcher("m", BatchLimits(max_batch_size=8, max_queue_delay_us=300), model, executor)
+        first = batcher.submit(rows(1), 1)
+        second = batcher.submit(rows(2), 1)
+        await asyncio.gather(first, second)
+        assert model.batches == [[1, 2]]
+
+    asyncio.run(run())
+
+
+def test_precise_timer_orders_and_cancels() -> None:
+    import time
+
+    from infergate.batching.timer import PreciseTimer
+
+    async def run() -> list[str]:
+        timer, fired, loop = PreciseTimer(), [], asyncio.get_running_loop()
+        done = loop.create_future()
+        now = time.monotonic_ns()
+        timer.call_at(now + 2_000_000, loop, lambda: (fired.append("late"), done.set_result(None)))
+        timer.call_at(now + 200_000, loop, lambda: fired.append("early"))
+        timer.call_at(now + 1_000_000, loop, lambda: fired.append("cancelled")).cancel()
+        await done
+        return fired
+
+    assert asyncio.run(run()) == ["early", "late"]
