@@ -1,5 +1,6 @@
 """Builds and installs infergate: each top-level folder becomes a subpackage of `infergate`."""
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -7,11 +8,22 @@ from setuptools import setup
 
 # The repository's top level is the architecture; installed, every folder lives under
 # the `infergate` namespace so no bare `server` or `models` lands in site-packages.
-SUBPACKAGES = ("proto", "server", "batching", "models", "bench")
+SUBPACKAGES = ("proto", "server", "batching", "models", "kernels", "bench")
 
 # onnxruntime and onnxruntime-gpu cannot share an environment: CPU by default,
 # INFERGATE_GPU=1 at install time (Dockerfile.gpu) selects the CUDA build.
 ORT_PACKAGE = "onnxruntime-gpu" if os.environ.get("INFERGATE_GPU") == "1" else "onnxruntime"
+
+
+
+def _kernel_extensions() -> list:  # type: ignore[type-arg]
+    """The Cython kernels, described by kernels/_build.py (loaded by path: nothing is installed yet)."""
+    spec = importlib.util.spec_from_file_location("_infergate_kernels_build", Path("kernels") / "_build.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.cython_extensions()  # type: ignore[no-any-return]
+
 
 setup(
     name="infergate",
@@ -23,7 +35,9 @@ setup(
     python_requires=">=3.10",
     packages=[f"infergate.{name}" for name in SUBPACKAGES],
     package_dir={f"infergate.{name}": name for name in SUBPACKAGES},
-    package_data={"infergate.proto": ["*.proto", "*.pyi"], "infergate.server": ["py.typed"]},
+    package_data={"infergate.proto": ["*.proto", "*.pyi"], "infergate.server": ["py.typed"],
+                  "infergate.kernels": ["*.pyx", "*.pyi"]},
+    ext_modules=_kernel_extensions(),
     install_requires=[
         "numpy>=1.24",
         "grpcio>=1.66",
@@ -36,6 +50,7 @@ setup(
         "onnx>=1.15",
         "scikit-learn>=1.3",
         "prometheus-client>=0.19",
+        "numba>=0.61",  # feature-transform kernels; the Cython build is preferred when present
     ],
     extras_require={
         "torch": ["torch>=2.1"],
