@@ -74,6 +74,7 @@ class DynamicBatcher:
         instance_count: int = 1,
         stats: Stats | None = None,
         clock_ns: Callable[[], int] = time.monotonic_ns,
+        is_inline: bool = False,
     ) -> None:
         self.model = model
         self.limits = limits
@@ -91,6 +92,9 @@ class DynamicBatcher:
         self._timer_at_ns = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._is_accepting = True
+        # Inline: run batches on the loop thread itself. Only for models whose whole batch
+        # computes faster than a hand-over to a thread costs (see registry.INLINE_MAX_COMPUTE_S).
+        self._is_inline = is_inline
 
     # -- intake ---------------------------------------------------------------------------
 
@@ -225,6 +229,9 @@ class DynamicBatcher:
         self._free_instances -= 1
         for request in batch:
             request.timings.dispatched_ns = now_ns
+        if self._is_inline:
+            self._complete(batch, rows, self._run_batch(batch, rows))
+            return
         run = self._loop.run_in_executor(self._executor, self._run_batch, batch, rows)
         self._in_flight.add(run)
         run.add_done_callback(lambda done: self._finish(batch, rows, done))
@@ -287,12 +294,17 @@ class DynamicBatcher:
 
     def _finish(self, batch: list[QueuedRequest], rows: int, run: asyncio.Future[list[Tensors | Exception]]) -> None:
         self._in_flight.discard(run)
-        self._free_instances += 1
         exc = run.exception() if not run.cancelled() else InferError("batch execution was cancelled")
         if exc is not None:
             results: list[Tensors | Exception] = [exc] * len(batch)  # type: ignore[list-item]
         else:
             results = run.result()
+        self._complete(batch, rows, results)
+        self._schedule()
+
+    def _complete(self, batch: list[QueuedRequest], rows: int, results: list[Tensors | Exception]) -> None:
+        """Frees the instance and hands each request its result."""
+        self._free_instances += 1
         succeeded = []
         for request, result in zip(batch, results):
             if request.future.done():
@@ -306,7 +318,6 @@ class DynamicBatcher:
             self._stats.batch_done(rows, succeeded)
         if len(succeeded) < len(batch):
             self._stats.batch_failed([r for r in batch if r not in succeeded])
-        self._schedule()
 
     # -- lifecycle --------------------------------------------------------------------------
 

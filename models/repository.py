@@ -19,7 +19,7 @@ from infergate.proto import model_config_pb2 as mc
 logger = logging.getLogger(__name__)
 
 # Warm-up runs of the default warm-up (when the config has no model_warmup).
-DEFAULT_WARMUP_RUNS = 2
+DEFAULT_WARMUP_RUNS = 5
 
 
 @dataclass(slots=True)
@@ -30,6 +30,7 @@ class LoadedVersion:
     version: str
     runtime: Runtime
     load_s: float  # wall time to load and warm up
+    warm_batch_s: float  # fastest warm-up run: the compute time of one (default: full) batch
 
 
 def list_models(repo: Path) -> list[str]:
@@ -142,10 +143,13 @@ def load_model(repo: Path, name: str) -> list[LoadedVersion]:
         runtime.load()
         resolve_signature(spec, runtime)
         output_names = [t.name for t in spec.outputs]
+        fastest_s = float("inf")
         for inputs, count in warmup_batches(spec):
             for _ in range(count):
+                run_start = time.perf_counter()
                 runtime.predict(_reshaped(spec, inputs), output_names)
-        loaded.append(LoadedVersion(spec, str(version), runtime, time.perf_counter() - start))
+                fastest_s = min(fastest_s, time.perf_counter() - run_start)
+        loaded.append(LoadedVersion(spec, str(version), runtime, time.perf_counter() - start, fastest_s))
         logger.info("loaded model '%s' version %s (%s on %s) in %.2f s",
                     name, version, spec.platform, runtime.device, loaded[-1].load_s)
     return loaded

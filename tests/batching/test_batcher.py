@@ -218,3 +218,21 @@ def test_precise_timer_orders_and_cancels() -> None:
         return fired
 
     assert asyncio.run(run()) == ["early", "late"]
+
+
+def test_inline_execution_runs_on_the_loop_and_splits_exactly(executor: ThreadPoolExecutor) -> None:
+    async def run() -> None:
+        model = GatedModel()
+        stats = ModelStats()
+        batcher = DynamicBatcher("m", BatchLimits(max_batch_size=4, max_queue_delay_us=100), model, executor,
+                                 stats=stats, is_inline=True)
+        futures = [batcher.submit(rows(*range(i, i + 1 + i % 2)), 1 + i % 2) for i in range(6)]
+        results = await asyncio.gather(*futures)
+        for i, result in enumerate(results):
+            assert result["Y"][:, 0].tolist() == [2 * v for v in range(i, i + 1 + i % 2)]
+        assert stats.inference_count == 9 and stats.execution_count == len(model.batches) < 6
+        bad = batcher.submit(rows(float("nan")), 1)
+        with pytest.raises(Exception, match="NaN in batch"):
+            await bad
+
+    asyncio.run(run())
