@@ -46,17 +46,12 @@ class QueuedRequest:
     deadline_ns: int  # absolute monotonic deadline; 0 = none
     timings: Timings = field(default_factory=Timings)
 
-    def is_abandoned(self) -> bool:
-        """True when the client went away (the future was cancelled) or it already failed."""
-        return self.future.done()
-
 
 class Stats:
     """Counters a batcher reports to (ModelStatistics); the default records nothing."""
 
-    def batch_done(self, rows: int, requests: list[QueuedRequest]) -> None: ...
-
-    def batch_failed(self, requests: list[QueuedRequest]) -> None: ...
+    def batch_done(self, rows: int, requests: list[QueuedRequest]) -> None:
+        """Called once per executed batch with the requests that got their outputs."""
 
 
 class DynamicBatcher:
@@ -316,8 +311,6 @@ class DynamicBatcher:
                 succeeded.append(request)
         if succeeded:
             self._stats.batch_done(rows, succeeded)
-        if len(succeeded) < len(batch):
-            self._stats.batch_failed([r for r in batch if r not in succeeded])
 
     # -- lifecycle --------------------------------------------------------------------------
 

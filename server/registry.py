@@ -87,6 +87,13 @@ class ModelRegistry:
             return False
         return True
 
+    def entry(self, name: str) -> ModelEntry:
+        """Everything known about one model name; raises ModelNotFound."""
+        entry = self._entries.get(name)
+        if entry is None:
+            raise ModelNotFound(name)
+        return entry
+
     def entries(self) -> list[ModelEntry]:
         return [self._entries[name] for name in sorted(self._entries)]
 

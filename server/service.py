@@ -61,7 +61,7 @@ class InferenceService:
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
         served = self.registry.get(request.name, request.version)
         spec = served.loaded.spec
-        entry = next(e for e in self.registry.entries() if e.name == spec.name)
+        entry = self.registry.entry(spec.name)
         response = pb.ModelMetadataResponse(name=spec.name, versions=sorted(entry.versions, key=int),
                                             platform=spec.platform)
         for tensors, target in ((spec.inputs, response.inputs), (spec.outputs, response.outputs)):
@@ -126,11 +126,12 @@ class InferenceService:
 
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest,
                               context: Any) -> pb.ModelStatisticsResponse:
-        if request.name:
-            served_models = [self.registry.get(request.name, request.version)] if request.version else [
-                s for e in self.registry.entries() if e.name == request.name for s in e.versions.values()]
+        if request.name and request.version:
+            served_models = [self.registry.get(request.name, request.version)]
+        elif request.name:
+            served_models = list(self.registry.entry(request.name).versions.values())
             if not served_models:
-                self.registry.get(request.name)  # raises NOT_FOUND or UNAVAILABLE with the reason
+                self.registry.get(request.name)  # raises UNAVAILABLE with the reason
         else:
             served_models = self.registry.all_served()
         response = pb.ModelStatisticsResponse()

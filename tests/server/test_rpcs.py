@@ -119,3 +119,14 @@ def test_torch_model_metadata(client: grpcclient.InferenceServerClient) -> None:
     metadata = client.get_model_metadata("torch_linear")
     assert metadata.platform == "pytorch_libtorch"
     assert [t.name for t in metadata.outputs] == ["OUTPUT__0", "OUTPUT__1"]
+
+
+def test_statistics_of_unknown_and_unavailable_models(client: grpcclient.InferenceServerClient) -> None:
+    with pytest.raises(InferenceServerException) as info:
+        client.get_inference_statistics("no_such_model")
+    assert (info.value.status(), info.value.message()) == (
+        "StatusCode.NOT_FOUND", "model 'no_such_model' is not in the model repository")
+    with pytest.raises(InferenceServerException) as info:
+        client.get_inference_statistics("broken_config")
+    assert info.value.status() == "StatusCode.UNAVAILABLE"
+    assert info.value.message().startswith("model 'broken_config' is not ready: ")
