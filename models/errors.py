@@ -15,6 +15,7 @@ class Status(enum.Enum):
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     CANCELLED = "CANCELLED"
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
     UNIMPLEMENTED = "UNIMPLEMENTED"
     INTERNAL = "INTERNAL"
 
@@ -82,3 +83,13 @@ class NotAllowed(InferError):
     """The server's mode forbids this call (e.g. model control without explicit mode)."""
 
     status = Status.FAILED_PRECONDITION
+
+
+class NotFound(InferError):
+    """A named thing other than a model (e.g. a shared-memory region) does not exist."""
+
+    status = Status.NOT_FOUND
+
+
+class AlreadyExists(InferError):
+    status = Status.ALREADY_EXISTS

@@ -12,6 +12,7 @@ from infergate.models.config import ModelSpec, TensorSpec
 from infergate.models.datatypes import NUMPY_DTYPES, WIRE_DTYPES, protocol_name
 from infergate.models.errors import InvalidInput
 from infergate.proto import grpc_service_pb2 as pb
+from infergate.server.shared_memory import SharedMemoryRegions
 
 # InferTensorContents field holding each datatype, for requests that use `contents`.
 CONTENTS_FIELDS = {
@@ -19,7 +20,11 @@ CONTENTS_FIELDS = {
     "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
     "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
 }
-_LENGTH = struct.Struct("<I")  # BYTES elements are serialized as a 4-byte little-endian length + data
+_LENGTH = struct.Struct("<I")
+# Tensor parameters of the system_shared_memory extension.
+SHM_REGION = "shared_memory_region"
+SHM_OFFSET = "shared_memory_offset"
+SHM_BYTE_SIZE = "shared_memory_byte_size"  # BYTES elements are serialized as a 4-byte little-endian length + data
 
 
 @dataclass(slots=True)
@@ -47,6 +52,7 @@ class DecodedRequest:
     output_names: list[str]
     priority: int
     timeout_us: int
+    output_regions: dict[str, tuple[str, int, int]]  # output -> (shared memory region, offset, byte_size)
 
 
 def _param_int(request: pb.ModelInferRequest, key: str) -> int:
@@ -62,18 +68,24 @@ def _param_int(request: pb.ModelInferRequest, key: str) -> int:
     raise InvalidInput(f"parameter '{key}' is a {choice}, expected an int64 or uint64 parameter")
 
 
-def decode_request(request: pb.ModelInferRequest, io: ModelIO) -> DecodedRequest:
-    """Validates the request against the model and returns its tensors (zero-copy where raw)."""
+def decode_request(request: pb.ModelInferRequest, io: ModelIO,
+                   regions: SharedMemoryRegions | None = None) -> DecodedRequest:
+    """Validates the request against the model and returns its tensors (zero-copy where raw
+    or in shared memory)."""
     spec = io.spec
     raw = request.raw_input_contents
     tensors = request.inputs
-    if raw and len(raw) != len(tensors):
+    in_shm = [bool(t.parameters) and SHM_REGION in t.parameters for t in tensors]
+    expected_raw = len(tensors) - sum(in_shm)
+    if raw and len(raw) != expected_raw:
         raise InvalidInput(
-            f"request has {len(raw)} raw_input_contents for {len(tensors)} inputs; expected one per input"
+            f"request has {len(raw)} raw_input_contents for {expected_raw} inputs not in shared memory; "
+            "expected one per input"
         )
     batched = spec.max_batch_size > 0
     inputs: dict[str, np.ndarray] = {}
     rows = -1
+    raw_index = 0
     for index, tensor in enumerate(tensors):
         name = tensor.name
         expected = io.inputs.get(name)
@@ -85,8 +97,15 @@ def decode_request(request: pb.ModelInferRequest, io: ModelIO) -> DecodedRequest
             raise InvalidInput(f"input '{name}' has datatype {tensor.datatype}, expected {expected.datatype}")
         shape = tuple(tensor.shape)
         _check_shape(name, shape, expected, spec)
-        if raw:
-            value = _from_raw(name, raw[index], expected.datatype, shape)
+        if in_shm[index]:
+            region, offset, byte_size = _shm_params(f"input '{name}'", tensor.parameters)
+            if regions is None:
+                raise InvalidInput(f"input '{name}' is in shared memory, which this endpoint does not support")
+            value = _from_raw(name, regions.view(f"input '{name}'", region, offset, byte_size),
+                              expected.datatype, shape)
+        elif raw:
+            value = _from_raw(name, raw[raw_index], expected.datatype, shape)
+            raw_index += 1
         else:
             value = _from_contents(name, tensor, expected.datatype, shape)
         if batched:
@@ -103,8 +122,9 @@ def decode_request(request: pb.ModelInferRequest, io: ModelIO) -> DecodedRequest
             raise InvalidInput(f"model '{spec.name}' expects input '{name}', which the request does not have")
     if batched and rows == 0:
         raise InvalidInput(f"request has batch size 0; expected 1..{spec.max_batch_size} rows")
-    return DecodedRequest(inputs, max(rows, 1), _requested_outputs(request, io),
-                          _param_int(request, "priority"), _param_int(request, "timeout"))
+    names, output_regions = _requested_outputs(request, io)
+    return DecodedRequest(inputs, max(rows, 1), names, _param_int(request, "priority"),
+                          _param_int(request, "timeout"), output_regions)
 
 
 def _check_shape(name: str, shape: tuple[int, ...], expected: TensorSpec, spec: ModelSpec) -> None:
@@ -131,7 +151,7 @@ def _element_count(shape: tuple[int, ...]) -> int:
     return count
 
 
-def _from_raw(name: str, data: bytes, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
+def _from_raw(name: str, data: bytes | memoryview, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
     count = _element_count(shape)
     if datatype == "BYTES":
         return _decode_bytes(name, data, count).reshape(shape)
@@ -145,7 +165,9 @@ def _from_raw(name: str, data: bytes, datatype: str, shape: tuple[int, ...]) -> 
     return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
-def _decode_bytes(name: str, data: bytes, count: int) -> np.ndarray:
+def _decode_bytes(name: str, data: bytes | memoryview, count: int) -> np.ndarray:
+    if isinstance(data, memoryview):
+        data = data.tobytes()  # elements become bytes objects, so this copies anyway
     out = np.empty(count, dtype=object)
     offset, size = 0, len(data)
     for i in range(count):
@@ -186,9 +208,29 @@ def _from_contents(name: str, tensor: pb.ModelInferRequest.InferInputTensor, dat
     return np.asarray(values, dtype=dtype).reshape(shape)
 
 
-def _requested_outputs(request: pb.ModelInferRequest, io: ModelIO) -> list[str]:
+def _shm_params(tensor: str, params: Mapping[str, pb.InferParameter]) -> tuple[str, int, int]:
+    """(region, offset, byte_size) from a tensor's shared_memory_* parameters."""
+    region = params[SHM_REGION].string_param
+    if not region:
+        raise InvalidInput(f"{tensor}: parameter '{SHM_REGION}' must name a registered region")
+    sizes = []
+    for key in (SHM_OFFSET, SHM_BYTE_SIZE):
+        param = params.get(key)
+        choice = param.WhichOneof("parameter_choice") if param is not None else None
+        if param is None and key == SHM_OFFSET:
+            sizes.append(0)
+        elif param is not None and choice in ("int64_param", "uint64_param"):
+            sizes.append(int(getattr(param, choice)))
+        else:
+            raise InvalidInput(f"{tensor}: parameter '{key}' must be an int64 or uint64, got {choice}")
+    return region, sizes[0], sizes[1]
+
+
+def _requested_outputs(request: pb.ModelInferRequest,
+                       io: ModelIO) -> tuple[list[str], dict[str, tuple[str, int, int]]]:
+    regions: dict[str, tuple[str, int, int]] = {}
     if not request.outputs:
-        return io.output_names
+        return io.output_names, regions
     names = []
     for output in request.outputs:
         if output.name not in io.outputs:
@@ -199,8 +241,10 @@ def _requested_outputs(request: pb.ModelInferRequest, io: ModelIO) -> list[str]:
         if "classification" in output.parameters:
             raise InvalidInput(f"requested output '{output.name}' asks for classification, which infergate "
                                "does not support; request the raw output")
+        if output.parameters and SHM_REGION in output.parameters:
+            regions[output.name] = _shm_params(f"requested output '{output.name}'", output.parameters)
         names.append(output.name)
-    return names
+    return names, regions
 
 
 def encode_bytes(array: np.ndarray) -> bytes:
@@ -214,8 +258,11 @@ def encode_bytes(array: np.ndarray) -> bytes:
 
 
 def encode_response(spec: ModelSpec, version: str, request_id: str, outputs: Mapping[str, np.ndarray],
-                    names: Sequence[str]) -> pb.ModelInferResponse:
-    """Builds the response: one output tensor per name, data in raw_output_contents."""
+                    names: Sequence[str], output_regions: Mapping[str, tuple[str, int, int]] | None = None,
+                    regions: SharedMemoryRegions | None = None) -> pb.ModelInferResponse:
+    """Builds the response: one output tensor per name, data in raw_output_contents, or written
+    into the client's shared-memory region (its raw_output_contents entry then stays empty, so
+    the entries still line up with the outputs)."""
     response = pb.ModelInferResponse(model_name=spec.name, model_version=version, id=request_id)
     batched = spec.max_batch_size > 0
     for name in names:
@@ -227,6 +274,17 @@ def encode_response(spec: ModelSpec, version: str, request_id: str, outputs: Map
             # Copy out once; the little-endian view is free on every platform we target.
             data = value.astype(value.dtype.newbyteorder("<"), copy=False).tobytes()
         shape = value.shape if batched or value.ndim else ()
-        response.outputs.add(name=name, datatype=datatype, shape=shape)
+        tensor = response.outputs.add(name=name, datatype=datatype, shape=shape)
+        if output_regions and name in output_regions:
+            region, offset, byte_size = output_regions[name]
+            assert regions is not None
+            target = regions.view(f"requested output '{name}'", region, offset, byte_size)
+            if len(data) > byte_size:
+                raise InvalidInput(f"requested output '{name}' needs {len(data)} bytes, but its shared memory "
+                                   f"byte_size is {byte_size}")
+            target[:len(data)] = data
+            tensor.parameters[SHM_REGION].string_param = region
+            tensor.parameters[SHM_BYTE_SIZE].int64_param = len(data)
+            data = b""
         response.raw_output_contents.append(data)
     return response

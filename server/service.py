@@ -16,6 +16,7 @@ from infergate.proto import grpc_service_pb2 as pb
 from infergate.server.codec import decode_request, encode_response
 from infergate.server.errors import status_of
 from infergate.server.registry import READY, ModelRegistry, ServedModel
+from infergate.server.shared_memory import SharedMemoryRegions
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ SERVICE_NAME = "inference.GRPCInferenceService"
 SERVER_NAME = "infergate"
 # Protocol extensions this server really implements (ServerMetadata.extensions).
 EXTENSIONS = ("model_configuration", "model_repository", "schedule_policy", "statistics",
-              "binary_tensor_data", "parameters")
+              "binary_tensor_data", "parameters", "system_shared_memory")
 
 
 def _version() -> str:
@@ -42,6 +43,7 @@ class InferenceService:
         self.registry = registry
         self.is_explicit_control = is_explicit_control
         self.is_ready = False  # set once start-up loading is done; cleared when shutting down
+        self.regions = SharedMemoryRegions()
         self.version = _version()
 
     # -- health and metadata ----------------------------------------------------------
@@ -82,13 +84,13 @@ class InferenceService:
         received_ns = time.monotonic_ns()
         served = self.registry.get(request.model_name, request.model_version)
         try:
-            decoded = decode_request(request, served.io)
+            decoded = decode_request(request, served.io, self.regions)
             remaining_s = context.time_remaining()
             deadline_ns = received_ns + int(remaining_s * 1e9) if remaining_s is not None else 0
             outputs = await served.batcher.submit(decoded.inputs, decoded.rows, decoded.priority,
                                                   decoded.timeout_us, deadline_ns)
             response = encode_response(served.loaded.spec, served.version, request.id, outputs,
-                                       decoded.output_names)
+                                       decoded.output_names, decoded.output_regions, self.regions)
         except BaseException:
             served.stats.request_failed(time.monotonic_ns() - received_ns)
             raise
@@ -170,6 +172,27 @@ class InferenceService:
         await self.registry.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
+    # -- system shared memory -----------------------------------------------------------
+
+    async def SystemSharedMemoryRegister(self, request: pb.SystemSharedMemoryRegisterRequest,
+                                         context: Any) -> pb.SystemSharedMemoryRegisterResponse:
+        self.regions.register(request.name, request.key, int(request.offset), int(request.byte_size))
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    async def SystemSharedMemoryStatus(self, request: pb.SystemSharedMemoryStatusRequest,
+                                       context: Any) -> pb.SystemSharedMemoryStatusResponse:
+        response = pb.SystemSharedMemoryStatusResponse()
+        for region in self.regions.status(request.name):
+            status = response.regions[region.name]
+            status.name, status.key = region.name, region.key
+            status.offset, status.byte_size = region.offset, region.byte_size
+        return response
+
+    async def SystemSharedMemoryUnregister(self, request: pb.SystemSharedMemoryUnregisterRequest,
+                                           context: Any) -> pb.SystemSharedMemoryUnregisterResponse:
+        self.regions.unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
     def _require_explicit(self, action: str) -> None:
         if not self.is_explicit_control:
             raise NotAllowed(f"explicit model {action} is not allowed: start the server with "
@@ -200,9 +223,9 @@ Handler = Callable[[Any, Any], Awaitable[Any]]
 UNARY_METHODS = (
     "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer", "ModelConfig",
     "ModelStatistics", "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload",
+    "SystemSharedMemoryStatus", "SystemSharedMemoryRegister", "SystemSharedMemoryUnregister",
 )
 UNSUPPORTED_METHODS = (
-    "SystemSharedMemoryStatus", "SystemSharedMemoryRegister", "SystemSharedMemoryUnregister",
     "CudaSharedMemoryStatus", "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister",
     "TraceSetting", "LogSettings",
 )

@@ -107,7 +107,8 @@ def test_raw_contents_count_disagrees_with_inputs(url: str) -> None:
     request.raw_input_contents.extend([b"\0" * 64, b"\0" * 64])
     error = _raw_infer(url, request)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert error.details() == "request has 2 raw_input_contents for 1 inputs; expected one per input"
+    assert error.details() == ("request has 2 raw_input_contents for 1 inputs not in shared memory; expected "
+                               "one per input")
 
 
 def test_malformed_bytes_tensor(url: str) -> None:
