@@ -51,6 +51,7 @@ setup(
         "scikit-learn>=1.3",
         "prometheus-client>=0.19",
         "numba>=0.61",  # feature-transform kernels; the Cython build is preferred when present
+        "uvloop>=0.19; sys_platform != 'win32'",  # the faster event loop, chosen by --loop auto
     ],
     extras_require={
         "torch": ["torch>=2.1"],
