@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from infergate.batching.policy import BatchDecision, BatchLimits, decide, effective_timeout_us
+from infergate.batching.policy import WAIT_FOR_ARRIVAL, BatchDecision, BatchLimits, decide, effective_timeout_us
 from infergate.batching.timer import LOOP_TIMER_MIN_US, PRECISE_TIMER, TimerHandle
 from infergate.models.errors import DeadlineExceeded, InferError, InvalidInput, ModelUnavailable, QueueFull
 
@@ -176,7 +176,7 @@ class DynamicBatcher:
             if total > budget:
                 break
         if not rows:
-            return BatchDecision(0, 0, None)
+            return WAIT_FOR_ARRIVAL
         return decide(rows, (now_ns - oldest_ns) // 1000, self.limits)
 
     def _purge_if_dead(self, request: QueuedRequest, now_ns: int) -> bool:

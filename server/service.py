@@ -225,10 +225,6 @@ UNARY_METHODS = (
     "ModelStatistics", "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload",
     "SystemSharedMemoryStatus", "SystemSharedMemoryRegister", "SystemSharedMemoryUnregister",
 )
-UNSUPPORTED_METHODS = (
-    "CudaSharedMemoryStatus", "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister",
-    "TraceSetting", "LogSettings",
-)
 
 
 def _guarded(method: str, handler: Handler) -> Handler:
@@ -259,8 +255,8 @@ def generic_handler(service: InferenceService) -> grpc.GenericRpcHandler:
     service_descriptor = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in service_descriptor.methods:
-        request_type = _message_class(method.input_type.name)
-        response_type = _message_class(method.output_type.name)
+        request_type = getattr(pb, method.input_type.name)
+        response_type = getattr(pb, method.output_type.name)
         codec = dict(request_deserializer=request_type.FromString,
                      response_serializer=response_type.SerializeToString)
         if method.name == "ModelStreamInfer":
@@ -272,6 +268,3 @@ def generic_handler(service: InferenceService) -> grpc.GenericRpcHandler:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(_unsupported(method.name), **codec)
     return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
-
-def _message_class(name: str) -> Any:
-    return getattr(pb, name)
