@@ -22,6 +22,9 @@ logger = logging.getLogger(__name__)
 Tensors = Mapping[str, np.ndarray]
 # Runs one assembled batch (blocking, off the event loop): inputs with the batch dim first -> outputs.
 ExecuteFn = Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]
+# Builds the runtime's inputs from the requests' inputs (blocking, off the event loop); replaces the
+# plain concatenation when a model declares feature transforms (models/features.py).
+AssembleFn = Callable[[list[Tensors]], dict[str, np.ndarray]]
 
 
 @dataclass(slots=True, eq=False)
@@ -30,7 +33,9 @@ class Timings:
 
     enqueued_ns: int = 0
     dispatched_ns: int = 0  # batch formed and handed to an instance
-    compute_start_ns: int = 0  # after input assembly
+    transform_start_ns: int = 0  # feature transforms (0 when the model has none)
+    transform_end_ns: int = 0
+    compute_start_ns: int = 0  # after input assembly (and transforms)
     compute_end_ns: int = 0  # runtime returned
     done_ns: int = 0  # outputs split per request
     batch_rows: int = 0  # rows in the batch this request ran in
@@ -70,10 +75,12 @@ class DynamicBatcher:
         stats: Stats | None = None,
         clock_ns: Callable[[], int] = time.monotonic_ns,
         is_inline: bool = False,
+        assemble: AssembleFn | None = None,
     ) -> None:
         self.model = model
         self.limits = limits
         self._execute = execute
+        self._assemble = assemble
         self._executor = executor
         self._free_instances = max(instance_count, 1)
         self._stats = stats or Stats()
@@ -251,11 +258,16 @@ class DynamicBatcher:
 
     def _execute_and_split(self, batch: list[QueuedRequest], rows: int) -> list[Tensors | Exception]:
         clock_ns = self._clock_ns
-        names = batch[0].inputs.keys()
-        if len(batch) == 1:
+        transform_start_ns = transform_end_ns = 0
+        if self._assemble is not None:
+            transform_start_ns = clock_ns()
+            assembled = self._assemble([r.inputs for r in batch])
+            transform_end_ns = clock_ns()
+        elif len(batch) == 1:
             assembled = dict(batch[0].inputs)
         else:
             # The one copy into the batch buffer.
+            names = batch[0].inputs.keys()
             assembled = {name: np.concatenate([r.inputs[name] for r in batch]) for name in names}
         compute_start_ns = clock_ns()
         outputs = self._execute(assembled)
@@ -264,6 +276,7 @@ class DynamicBatcher:
             # A model that does not batch: one request, outputs returned whole.
             timings = batch[0].timings
             timings.compute_start_ns, timings.compute_end_ns, timings.batch_rows = compute_start_ns, compute_end_ns, 1
+            timings.transform_start_ns, timings.transform_end_ns = transform_start_ns, transform_end_ns
             timings.done_ns = compute_end_ns
             return [dict(outputs)]
         results: list[Tensors | Exception] = []
@@ -274,6 +287,7 @@ class DynamicBatcher:
             results.append({name: value[offset:end] for name, value in outputs.items()})
             offset = end
             timings = request.timings
+            timings.transform_start_ns, timings.transform_end_ns = transform_start_ns, transform_end_ns
             timings.compute_start_ns = compute_start_ns
             timings.compute_end_ns = compute_end_ns
             timings.batch_rows = rows

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from infergate.batching.batcher import QueuedRequest, Stats
+from infergate.batching.batcher import QueuedRequest, Stats, Tensors, Timings
+
+# Raw telemetry samples are folded into sketches (server/telemetry/) once this many wait, or
+# FOLD_INTERVAL_NS after the last fold, whichever comes first: the hot path only appends.
+FOLD_AT_SAMPLES = 4096
+FOLD_INTERVAL_NS = 1_000_000_000
+DRIFT_PENDING_BATCHES = 8  # sampled batches kept for the drift monitor; older ones are dropped
 
 
 @dataclass(slots=True)
@@ -40,7 +49,29 @@ class ModelStats(Stats):
     compute_input: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
+    # Feature transforms, per request like compute_input (which includes them, as in Triton's
+    # "compute_input": everything that prepares the runtime's inputs).
+    transform: Duration = field(default_factory=Duration)
     batches: dict[int, BatchDurations] = field(default_factory=dict)  # by batch size in rows
+
+    # -- telemetry (server/telemetry/aggregate.py folds these; None sink: telemetry off) ----------
+    # Appends only, on the event loop thread: deque.append and popleft are atomic, so the
+    # metrics thread may drain them while requests go on.
+    sink: Callable[[], None] | None = None  # folds the samples below into sketches
+    e2e_ns: deque[int] = field(default_factory=deque)  # per successful request, receipt to response
+    queue_ns: deque[int] = field(default_factory=deque)  # per request, enqueued to batch formed
+    # Per batch: (rows, requests, compute_ns, busy_ns); busy = compute + transforms, the device's time.
+    batch_log: deque[tuple[int, int, int, int]] = field(default_factory=deque)
+    last_done_ns: int = 0  # monotonic time of the last batch: samples are attributed to it
+    fold_due_ns: int = 0
+    busy_ns: int = 0  # compute + transform time of every batch, summed: what cost is charged on
+    in_flight: int = 0  # requests received and not yet answered
+    failures: dict[str, int] = field(default_factory=dict)  # failed requests by gRPC status code name
+    # Requests being traced: future -> their timings, filled in by batch_done before they resume.
+    traced: dict[asyncio.Future[Tensors], Timings | None] = field(default_factory=dict)
+    drift_every: int = 0  # sample every Nth batch's inputs for the drift monitor; 0 = off
+    drift_pending: deque[list[Tensors]] = field(default_factory=lambda: deque(maxlen=DRIFT_PENDING_BATCHES))
+    _batch_seq: int = 0
 
     def batch_done(self, rows: int, requests: list[QueuedRequest]) -> None:
         self.execution_count += 1
@@ -50,22 +81,51 @@ class ModelStats(Stats):
         input_ns = t.compute_start_ns - t.dispatched_ns
         infer_ns = t.compute_end_ns - t.compute_start_ns
         output_ns = t.done_ns - t.compute_end_ns
+        transform_ns = t.transform_end_ns - t.transform_start_ns
         by_size = self.batches.get(rows)
         if by_size is None:
             by_size = self.batches[rows] = BatchDurations()
         by_size.compute_input.add(input_ns)
         by_size.compute_infer.add(infer_ns)
         by_size.compute_output.add(output_ns)
+        busy_ns = infer_ns + transform_ns
+        self.busy_ns += busy_ns
+        is_recording = self.sink is not None
+        append_queue = self.queue_ns.append
         # Triton attributes the whole batch's compute time to each request in it.
         for request in requests:
             timings = request.timings
-            self.queue.add(timings.dispatched_ns - timings.enqueued_ns)
+            queue_ns = timings.dispatched_ns - timings.enqueued_ns
+            self.queue.add(queue_ns)
             self.compute_input.add(input_ns)
             self.compute_infer.add(infer_ns)
             self.compute_output.add(output_ns)
+            if transform_ns:
+                self.transform.add(transform_ns)
+            if is_recording:
+                append_queue(queue_ns)
+        if not is_recording:
+            return
+        self.batch_log.append((rows, len(requests), infer_ns, busy_ns))
+        self.last_done_ns = t.done_ns
+        if self.traced:
+            for request in requests:
+                if request.future in self.traced:
+                    self.traced[request.future] = request.timings
+        if self.drift_every:
+            self._batch_seq += 1
+            if self._batch_seq % self.drift_every == 0:
+                self.drift_pending.append([request.inputs for request in requests])
+        if len(self.queue_ns) >= FOLD_AT_SAMPLES or t.done_ns >= self.fold_due_ns:
+            self.fold_due_ns = t.done_ns + FOLD_INTERVAL_NS
+            self.sink()  # type: ignore[misc]  # is_recording: not None
 
     def request_succeeded(self, duration_ns: int) -> None:
         self.success.add(duration_ns)
+        if self.sink is not None:
+            self.e2e_ns.append(duration_ns)
 
-    def request_failed(self, duration_ns: int) -> None:
+    def request_failed(self, duration_ns: int, code: str = "UNKNOWN") -> None:
+        """`code`: the gRPC status code name the client gets (a fixed set: safe as a metric label)."""
         self.fail.add(duration_ns)
+        self.failures[code] = self.failures.get(code, 0) + 1

@@ -13,6 +13,7 @@ import numpy as np
 from infergate.models.config import ModelSpec, TensorSpec, build_spec, read_config
 from infergate.models.datatypes import NUMPY_DTYPES
 from infergate.models.errors import ConfigError, ModelNotFound
+from infergate.models.features import FeatureStage, build_stage, find_declaration
 from infergate.models.runtime import Runtime, check_signature, create_runtime
 from infergate.proto import model_config_pb2 as mc
 
@@ -30,7 +31,8 @@ class LoadedVersion:
     version: str
     runtime: Runtime
     load_s: float  # wall time to load and warm up
-    warm_batch_s: float  # fastest warm-up run: the compute time of one (default: full) batch
+    warm_batch_s: float  # fastest warm-up run: the compute (and transform) time of one (default: full) batch
+    features: FeatureStage | None = None  # the model's declared feature transforms
 
 
 def list_models(repo: Path) -> list[str]:
@@ -142,6 +144,8 @@ def load_model(repo: Path, name: str) -> list[LoadedVersion]:
         runtime = create_runtime(spec, path)
         runtime.load()
         resolve_signature(spec, runtime)
+        declaration = find_declaration(spec, model_dir)
+        features = build_stage(spec, *declaration) if declaration else None
         output_names = [t.name for t in spec.outputs]
         fastest_s = float("inf")
         for inputs, count in warmup_batches(spec):
@@ -149,10 +153,21 @@ def load_model(repo: Path, name: str) -> list[LoadedVersion]:
                 run_start = time.perf_counter()
                 runtime.predict(_reshaped(spec, inputs), output_names)
                 fastest_s = min(fastest_s, time.perf_counter() - run_start)
-        loaded.append(LoadedVersion(spec, str(version), runtime, time.perf_counter() - start, fastest_s))
-        logger.info("loaded model '%s' version %s (%s on %s) in %.2f s",
-                    name, version, spec.platform, runtime.device, loaded[-1].load_s)
+        if features is not None:
+            fastest_s += features.warm_up(max(spec.max_batch_size, 1))
+            _show_client_inputs(spec, features)
+        loaded.append(LoadedVersion(spec, str(version), runtime, time.perf_counter() - start, fastest_s, features))
+        logger.info("loaded model '%s' version %s (%s on %s%s) in %.2f s", name, version, spec.platform,
+                    runtime.device, ", with feature transforms" if features else "", loaded[-1].load_s)
     return loaded
+
+
+def _show_client_inputs(spec: ModelSpec, features: FeatureStage) -> None:
+    """From here on the spec describes what clients send (ModelMetadata, ModelConfig, request checks):
+    the raw inputs of the feature transforms in place of the model inputs they feed."""
+    spec.inputs = list(features.client_inputs)
+    del spec.config.input[:]
+    spec.config.input.extend(_config_tensor(mc.ModelInput(), t) for t in spec.inputs)
 
 
 def _reshaped(spec: ModelSpec, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

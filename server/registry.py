@@ -161,8 +161,10 @@ def _serve(loaded: LoadedVersion) -> ServedModel:
     def execute(inputs: dict) -> dict:  # type: ignore[type-arg]
         return runtime.predict(inputs, output_names)
 
+    features = loaded.features
     batcher = DynamicBatcher(spec.name, limits_from_config(spec.config), execute, executor,
-                             instance_count=spec.instance_count, stats=stats, is_inline=_is_inline(loaded))
+                             instance_count=spec.instance_count, stats=stats, is_inline=_is_inline(loaded),
+                             assemble=features.assemble if features is not None else None)
     return ServedModel(loaded, ModelIO.of(spec), batcher, stats, executor)
 
 
