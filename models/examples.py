@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-REPOSITORY_VERSION = "example-repository-v1"  # bump on any change to models, configs or data; names the folder
+REPOSITORY_VERSION = "example-repository-v2"  # bump on any change to models, configs or data; names the folder
 DATA_DIR_NAME = "example-data-v1"  # sibling of the repository: held-out split and accuracies, never served
 COMPLETE_MARKER = ".complete"  # written last into the repository root: version and torch state of the build
 HELDOUT_FILE = "digits_heldout.npz"  # X float32 [rows, 64] in [0, 1], y int64 [rows] digit labels
@@ -84,7 +84,7 @@ def default_cache_dir() -> Path:
 
 
 def default_repository_dir() -> Path:
-    """Returns where `infergate serve` keeps the example repository: <cache>/example-repository-v1."""
+    """Returns where `infergate serve` keeps the example repository: <cache>/example-repository-v2."""
     return default_cache_dir() / REPOSITORY_VERSION
 
 
@@ -254,7 +254,7 @@ def _write_config(model_dir: Path, platform: str, inputs: Sequence[TensorSpec], 
         f"input [\n{tensors(inputs)}\n]\n"
         f"output [\n{tensors(outputs)}\n]\n"
         f"dynamic_batching {{ max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US} }}\n"
-        "instance_group [ { count: 1 kind: KIND_CPU } ]\n",
+        "instance_group [ { count: 1 kind: KIND_AUTO } ]\n",
         encoding="utf-8",
     )
 

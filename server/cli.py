@@ -46,9 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _example_repository(dest: Path | None) -> Path:
-    from infergate.models.examples import build_example_repository, default_cache_dir
+    from infergate.models.examples import build_example_repository, default_repository_dir
 
-    return build_example_repository(dest or default_cache_dir() / "example-repository-v1")
+    return build_example_repository(dest or default_repository_dir())
 
 
 def _run(main: Coroutine[Any, Any, None], loop: str) -> None:

@@ -98,7 +98,7 @@ def test_layout_is_triton_and_the_data_sits_beside_it(repository: Path) -> None:
     data_dir = examples.example_data_dir(repository)
     assert data_dir == repository.parent / "example-data-v1"
     assert {p.name for p in data_dir.iterdir()} == {"digits_heldout.npz", "accuracy.json"}
-    assert (repository / ".complete").read_text().startswith("example-repository-v1")
+    assert (repository / ".complete").read_text().startswith("example-repository-v2")
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_MODELS))
@@ -278,4 +278,4 @@ def test_default_cache_dir_follows_the_environment(
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     assert examples.default_cache_dir() == Path(expected)
-    assert examples.default_repository_dir() == Path(expected) / "example-repository-v1"
+    assert examples.default_repository_dir() == Path(expected) / "example-repository-v2"
