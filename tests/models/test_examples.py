@@ -109,7 +109,7 @@ def test_config_parses_as_model_config(repository: Path, name: str) -> None:
     config = text_format.Parse((repository / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     assert (config.name, config.platform, config.max_batch_size) == (name, platform, 64)
     assert config.dynamic_batching.max_queue_delay_microseconds == 500
-    assert [(g.count, g.kind) for g in config.instance_group] == [(1, model_config_pb2.ModelInstanceGroup.KIND_CPU)]
+    assert [(g.count, g.kind) for g in config.instance_group] == [(1, model_config_pb2.ModelInstanceGroup.KIND_AUTO)]
     for tensors, expected in ((config.input, inputs), (config.output, outputs)):
         assert [(t.name, t.data_type, list(t.dims)) for t in tensors] == [
             (n, model_config_pb2.TYPE_FP32, [width]) for n, width in expected
