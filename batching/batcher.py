@@ -19,6 +19,10 @@ from infergate.models.errors import DeadlineExceeded, InferError, InvalidInput, 
 
 logger = logging.getLogger(__name__)
 
+GAP_SMOOTHING = 1 / 8  # weight of the newest gap in the mean time between arrivals
+GAP_CAP_DELAYS = 4  # gaps are capped at this many max_queue_delays, so a burst after idle time
+                    # brings the mean down within ~10 arrivals
+
 Tensors = Mapping[str, np.ndarray]
 # Runs one assembled batch (blocking, off the event loop): inputs with the batch dim first -> outputs.
 ExecuteFn = Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]
@@ -97,6 +101,10 @@ class DynamicBatcher:
         # Inline: run batches on the loop thread itself. Only for models whose whole batch
         # computes faster than a hand-over to a thread costs (see registry.INLINE_MAX_COMPUTE_S).
         self._is_inline = is_inline
+        # Mean time between arrivals (us), for the adaptive queue delay; starts as if idle.
+        self._gap_cap_us = GAP_CAP_DELAYS * limits.max_queue_delay_us
+        self._mean_gap_us = float(self._gap_cap_us)
+        self._last_arrival_ns = 0
 
     # -- intake ---------------------------------------------------------------------------
 
@@ -120,6 +128,10 @@ class DynamicBatcher:
             raise QueueFull(self.model, policy.max_queue_size)
         loop = self._loop or self._bind_loop()
         now_ns = self._clock_ns()
+        gap_us = min((now_ns - self._last_arrival_ns) // 1000, self._gap_cap_us) if self._last_arrival_ns \
+            else self._gap_cap_us
+        self._mean_gap_us += (gap_us - self._mean_gap_us) * GAP_SMOOTHING
+        self._last_arrival_ns = now_ns
         timeout_us = effective_timeout_us(timeout_us, policy)
         if timeout_us:
             queue_deadline_ns = now_ns + timeout_us * 1000
@@ -184,7 +196,7 @@ class DynamicBatcher:
                 break
         if not rows:
             return WAIT_FOR_ARRIVAL
-        return decide(rows, (now_ns - oldest_ns) // 1000, self.limits)
+        return decide(rows, (now_ns - oldest_ns) // 1000, self.limits, self._mean_gap_us)
 
     def _purge_if_dead(self, request: QueuedRequest, now_ns: int) -> bool:
         if request.future.done():

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from infergate.batching.policy import BatchLimits, QueuePolicy
 from infergate.proto import model_config_pb2 as mc
+
+logger = logging.getLogger(__name__)
+
+ADAPTIVE_DELAY_PARAMETER = "adaptive_queue_delay"  # "on" (default) or "off": see BatchLimits.is_delay_adaptive
 
 
 def _queue_policy(policy: mc.ModelQueuePolicy) -> QueuePolicy:
@@ -29,4 +35,14 @@ def limits_from_config(config: mc.ModelConfig) -> BatchLimits:
         default_priority_level=int(batching.default_priority_level) or 1,
         queue_policies={int(level): _queue_policy(p) for level, p in batching.priority_queue_policy.items()},
         default_queue_policy=_queue_policy(batching.default_queue_policy),
+        is_delay_adaptive=_is_delay_adaptive(config),
     )
+
+
+def _is_delay_adaptive(config: mc.ModelConfig) -> bool:
+    value = config.parameters[ADAPTIVE_DELAY_PARAMETER].string_value if \
+        ADAPTIVE_DELAY_PARAMETER in config.parameters else "on"
+    if value not in ("on", "off"):
+        logger.warning("model '%s': parameter %s is '%s', not 'on' or 'off'; using 'on'", config.name,
+                       ADAPTIVE_DELAY_PARAMETER, value)
+    return value != "off"

@@ -27,6 +27,9 @@ class BatchLimits:
     default_priority_level: int = 1
     queue_policies: dict[int, QueuePolicy] = field(default_factory=dict)  # by level; missing -> default
     default_queue_policy: QueuePolicy = QueuePolicy()
+    # Stop waiting for a fuller batch once the next arrival is expected after the delay runs out
+    # (see decide); parameters { key: "adaptive_queue_delay" value: { string_value: "off" } } turns it off.
+    is_delay_adaptive: bool = True
 
     def policy_for(self, level: int) -> QueuePolicy:
         return self.queue_policies.get(level, self.default_queue_policy)
@@ -49,7 +52,8 @@ class BatchDecision:
 WAIT_FOR_ARRIVAL = BatchDecision(0, 0, None)
 
 
-def decide(rows: Sequence[int], oldest_wait_us: int, limits: BatchLimits) -> BatchDecision:
+def decide(rows: Sequence[int], oldest_wait_us: int, limits: BatchLimits,
+           mean_gap_us: float = 0.0) -> BatchDecision:
     """Decides whether to dispatch a batch from a queue of requests with these row counts.
 
     `rows` lists the head of the queue in dispatch order (it need not be longer than
@@ -57,6 +61,11 @@ def decide(rows: Sequence[int], oldest_wait_us: int, limits: BatchLimits) -> Bat
     A batch is dispatched when it is full, when the next request would not fit, when it
     reaches the largest preferred size, or when the oldest request has waited
     max_queue_delay_us; then it is cut at the largest preferred size it contains, if any.
+
+    `mean_gap_us` is the recent mean time between arrivals. With an adaptive delay the batch
+    also goes as soon as that gap is at least the delay still left: the next request is not
+    expected in time to join, so waiting would only add latency (one client in a closed loop
+    never fills a batch). Under load the gap is short and batches fill as before.
     """
     if not rows:
         return WAIT_FOR_ARRIVAL
@@ -77,11 +86,12 @@ def decide(rows: Sequence[int], oldest_wait_us: int, limits: BatchLimits) -> Bat
     largest_preferred = max(preferred, default=0)
     if best_preferred[1] and best_preferred[1] == largest_preferred:
         return BatchDecision(best_preferred[0], best_preferred[1], None)
-    if is_full or oldest_wait_us >= limits.max_queue_delay_us:
+    remaining_us = limits.max_queue_delay_us - oldest_wait_us
+    if is_full or remaining_us <= 0 or (limits.is_delay_adaptive and mean_gap_us >= remaining_us):
         if best_preferred[1] and not is_full:
             return BatchDecision(best_preferred[0], best_preferred[1], None)
         return BatchDecision(count, total, None)
-    return BatchDecision(0, 0, limits.max_queue_delay_us - oldest_wait_us)
+    return BatchDecision(0, 0, remaining_us)
 
 
 def effective_timeout_us(requested_us: int, policy: QueuePolicy) -> int:

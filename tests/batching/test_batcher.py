@@ -236,3 +236,32 @@ def test_inline_execution_runs_on_the_loop_and_splits_exactly(executor: ThreadPo
             await bad
 
     asyncio.run(run())
+
+
+def test_adaptive_delay_serves_a_lone_client_at_once_and_batches_a_burst(executor: ThreadPoolExecutor) -> None:
+    async def run() -> None:
+        model = GatedModel()
+        now_ns = [1_000_000_000]
+        limits = BatchLimits(max_batch_size=8, max_queue_delay_us=10_000_000)  # 10 s: a wait would show
+        batcher = DynamicBatcher("m", limits, model, executor, clock_ns=lambda: now_ns[0])
+        for value in (1, 2, 3):  # one client, 20 ms between requests: never waits for company
+            now_ns[0] += 20_000_000_000
+            result = await asyncio.wait_for(batcher.submit(rows(value), 1), 5)
+            assert result["Y"][0, 0] == value * 2
+        assert model.batches == [[1], [2], [3]]
+        burst = []
+        for _ in range(16):  # a burst, 1 us apart, brings the mean gap down: two full batches
+            now_ns[0] += 1_000
+            burst.append(batcher.submit(rows(0), 1))
+        await asyncio.wait_for(asyncio.gather(*burst), 5)
+        assert model.batches[3:] == [[0] * 8, [0] * 8]
+        model.batches.clear()
+        # ... so a lone request now waits for company (the fake clock does not move: it stays queued).
+        pending = batcher.submit(rows(9), 1)
+        await asyncio.sleep(0.05)
+        assert not pending.done() and model.batches == []
+        full = [batcher.submit(rows(v), 1) for v in range(7)]
+        await asyncio.wait_for(asyncio.gather(pending, *full), 5)
+        assert model.batches == [[9, 0, 1, 2, 3, 4, 5, 6]]
+
+    asyncio.run(run())

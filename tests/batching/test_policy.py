@@ -48,6 +48,26 @@ def test_smaller_preferred_size_waits_then_cuts_there() -> None:
     assert decide([1, 1, 1], 500, limits) == BatchDecision(2, 2, None)
 
 
+def test_adaptive_delay_goes_when_the_next_arrival_is_not_expected_in_time() -> None:
+    # Arrivals every 600 us on average: with 300 us of the delay left, waiting would gain nothing.
+    assert decide([1], 200, LIMITS, mean_gap_us=600) == BatchDecision(1, 1, None)
+    # Arrivals every 100 us: wait for the rest of the batch, as without adaptation.
+    assert decide([1], 200, LIMITS, mean_gap_us=100) == BatchDecision(0, 0, 300)
+    # The delay left shrinks as the oldest waits, so a 250 us gap stops the wait at 250 us.
+    assert decide([1, 1], 240, LIMITS, mean_gap_us=250) == BatchDecision(0, 0, 260)
+    assert decide([1, 1], 250, LIMITS, mean_gap_us=250) == BatchDecision(2, 2, None)
+
+
+def test_adaptive_delay_off_waits_the_whole_delay() -> None:
+    fixed = BatchLimits(max_batch_size=8, max_queue_delay_us=500, is_delay_adaptive=False)
+    assert decide([1], 200, fixed, mean_gap_us=10_000) == BatchDecision(0, 0, 300)
+
+
+def test_adaptive_delay_still_cuts_at_a_preferred_size() -> None:
+    limits = BatchLimits(max_batch_size=8, max_queue_delay_us=500, preferred_batch_sizes=(2, 4))
+    assert decide([1, 1, 1], 100, limits, mean_gap_us=1000) == BatchDecision(2, 2, None)
+
+
 def test_without_dynamic_batching_each_request_runs_alone() -> None:
     limits = BatchLimits(max_batch_size=8, is_dynamic=False)
     assert decide([3, 1, 1], 0, limits) == BatchDecision(1, 3, None)
