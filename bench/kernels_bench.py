@@ -1,7 +1,8 @@
 """Benchmarks the feature-transform kernels against NumPy chained ops, scikit-learn and the memory copy bandwidth.
 
-Run: python bench/kernels_bench.py [--rows 1000000] [--out bench/results]
-Prints a table and writes bench/results/kernels-<date>.md with hardware, versions and raw numbers.
+Run: flock /tmp/infergate-bench.lock .venv/bin/python bench/kernels_bench.py [--rows 1000000] [--out bench/results]
+(the lock keeps benchmarks on a shared machine from overlapping). Prints a table and writes
+bench/results/kernels-<date>.md with the command, hardware, versions and raw numbers.
 """
 
 import argparse
@@ -28,6 +29,7 @@ HASH_ROWS = 100_000  # rows of tokens for the hashing case
 HASH_TOKENS = 20  # tokens per row
 HASH_FEATURES = 2**8  # hash width; the dense output (rows x width) must stay small next to the hashing work
 SEED = 0
+LOCK_PATH = "/tmp/infergate-bench.lock"  # benchmarks on a shared machine run under `flock LOCK_PATH ...`
 
 
 def best_s(fn: Callable[[], object], repeats: int) -> float:
@@ -65,6 +67,35 @@ def hardware() -> dict[str, str]:
             "platform": platform.platform()}
 
 
+def _ancestors() -> set[int]:
+    pids, pid = set(), os.getpid()
+    while pid > 1:
+        pids.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+    return pids
+
+
+def holds_bench_lock() -> bool:
+    """Whether this process or one of its parents (the `flock` wrapper) holds LOCK_PATH, per /proc/locks."""
+    try:
+        inode = os.stat(LOCK_PATH).st_ino
+        entries = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return False
+    holders = {int(fields[4]) for fields in (line.split() for line in entries)
+               if len(fields) > 5 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode)}
+    return bool(holders & _ancestors())
+
+
+def command() -> str:
+    """The command line as run, with the lock wrapper if it held the benchmark lock."""
+    line = " ".join([".venv/bin/python" if ".venv" in sys.executable else "python", *sys.argv])
+    return f"flock {LOCK_PATH} {line}" if holds_bench_lock() else f"{line} (not under the benchmark lock)"
+
+
 def versions() -> dict[str, str]:
     import sklearn
 
@@ -74,6 +105,12 @@ def versions() -> dict[str, str]:
             out[name] = __import__(name).__version__
         except ImportError:
             out[name] = "not installed"
+    try:
+        from infergate.kernels import _cython_kernels
+
+        out["cython kernels' single-affine loop"] = _cython_kernels.simd_level()
+    except ImportError:
+        out["cython kernels' single-affine loop"] = "not built"
     head = Path(__file__).resolve().parents[1] / ".git" / "HEAD"
     try:
         ref = head.read_text().strip()
@@ -170,6 +207,7 @@ def render(n_rows: int, pipe: list[tuple[str, float, float]], latencies: dict[st
     numpy_s = next(s for name, s, _ in pipe if name == "NumPy chained ops")
     sk_s = next(s for name, s, _ in pipe if name.startswith("scikit-learn"))
     lines = [f"# Feature-transform kernels benchmark ({datetime.date.today().isoformat()})", ""]
+    lines += [f"- command: `{command()}`"]
     lines += [f"- {k}: {v}" for k, v in {**hardware(), **versions()}.items()]
     lines += ["", f"## 4-op pipeline (impute, standardize, minmax, clip) on {n_rows:,} x {N_COLS} float32", "",
               "Bytes moved per pass = input + output = 2 x 4 B x rows x columns. Best of "

@@ -7,14 +7,43 @@ Compiler directives are set once in kernels/_build.py.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cython.parallel cimport prange
+from libc.float cimport DBL_MAX, FLT_MAX
 from libc.math cimport log1p, fabs, INFINITY
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
+cimport numpy as cnp
+import numpy as np
+
+cnp.import_array()
+
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object unicode, Py_ssize_t* size) except NULL
+
+
+# The whole-row loops of the one-record affine program (see the header's comment).
+cdef extern from "_affine_rows.h" nogil:
+    void ig_simd_init()
+    int ig_set_simd(int is_enabled)
+    int ig_is_avx_enabled
+    int ig_affine_checks(const double* p, Py_ssize_t w, double max_out)
+    Py_ssize_t ig_affine_rows_f32_f32(const double* p, Py_ssize_t w, const float* X, float* Y, Py_ssize_t n,
+                                      int checks, int is_streaming)
+    Py_ssize_t ig_affine_rows_f32_f64(const double* p, Py_ssize_t w, const float* X, double* Y, Py_ssize_t n,
+                                      int checks, int is_streaming)
+    Py_ssize_t ig_affine_rows_f64_f32(const double* p, Py_ssize_t w, const double* X, float* Y, Py_ssize_t n,
+                                      int checks, int is_streaming)
+    Py_ssize_t ig_affine_rows_f64_f64(const double* p, Py_ssize_t w, const double* X, double* Y, Py_ssize_t n,
+                                      int checks, int is_streaming)
+
+
+ig_simd_init()
+
+# Output bytes from which the single-affine loop streams its stores past the caches: several times the L2
+# of a core, so such an output is evicted before anyone reads it anyway. Settable for tests and benchmarks.
+cdef Py_ssize_t _stream_min_bytes = 1 << 24
 
 
 # Op kinds and status codes: must equal the K_* and STATUS_* constants of kernels/program.py.
@@ -45,6 +74,7 @@ ctypedef struct Spec:
     Py_ssize_t n_in, n_out, n_slots, n_gather, n_ops
     bint is_identity_gather  # gather is slot k <- column k for every column: a plain converting copy
     bint is_single_affine  # identity gather, one K_AFFINE record over all slots = outputs: input -> output in one loop
+    int checks_f32, checks_f64  # the SIMD loop's IG_CHECK_* set for a float32 / float64 output (single affine only)
     const int64_t* gather_slot
     const int64_t* gather_col
     const int64_t* ops
@@ -268,11 +298,34 @@ cdef inline int _row(const Spec* s, const real_in* x, real_out* y, double* buf, 
     return 0
 
 
+cdef inline Py_ssize_t _affine_rows(const Spec* s, const real_in* X, real_out* Y, Py_ssize_t n,
+                                    bint is_streaming) noexcept nogil:
+    """Rows of a single-affine program through the SIMD loop; the first row needing the checking path, or n."""
+    if real_in is float and real_out is float:
+        return ig_affine_rows_f32_f32(s.fparams, s.n_out, X, Y, n, s.checks_f32, is_streaming)
+    elif real_in is float and real_out is double:
+        return ig_affine_rows_f32_f64(s.fparams, s.n_out, X, Y, n, s.checks_f64, is_streaming)
+    elif real_in is double and real_out is float:
+        return ig_affine_rows_f64_f32(s.fparams, s.n_out, X, Y, n, s.checks_f32, is_streaming)
+    else:
+        return ig_affine_rows_f64_f64(s.fparams, s.n_out, X, Y, n, s.checks_f64, is_streaming)
+
+
 cdef void _run_rows(const Spec* s, const real_in* X, real_out* Y, Py_ssize_t start, Py_ssize_t stop,
-                    Status* st) noexcept nogil:
+                    bint is_streaming, Status* st) noexcept nogil:
     """Rows [start, stop) in order, stopping at the first failure."""
-    cdef Py_ssize_t i
-    cdef double* buf = <double*>malloc((s.n_slots + 1) * sizeof(double))
+    cdef Py_ssize_t i = start
+    cdef double* buf
+    if s.is_single_affine:
+        # The SIMD loop stops at a row that may hold a non-finite input or output; _row re-runs it to report
+        # the error, or finds none (a pre-clip overflow that the clip made finite) and the loop goes on.
+        while i < stop:
+            i += _affine_rows(s, X + i * s.n_in, Y + i * s.n_out, stop - i, is_streaming)
+            if i >= stop or _row(s, X + i * s.n_in, Y + i * s.n_out, NULL, st, i):
+                return
+            i += 1
+        return
+    buf = <double*>malloc((s.n_slots + 1) * sizeof(double))
     if buf == NULL:
         _set(st, STATUS_NO_MEMORY, start, 0, 0.0)
         return
@@ -286,12 +339,15 @@ cdef tuple _run(const Spec* s, const real_in* X, real_out* Y, Py_ssize_t n, int 
     cdef Status one
     cdef Status* chunks
     cdef Py_ssize_t c, n_chunks
+    # Streaming stores need element-aligned output (NumPy's always is unless built from an offset buffer).
+    cdef bint is_streaming = (n * s.n_out * <Py_ssize_t>sizeof(real_out) >= _stream_min_bytes
+                              and (<size_t>Y) % sizeof(real_out) == 0)
     _set(&one, 0, 0, 0, 0.0)
     if n == 0:
         return (0, 0, 0, 0.0)
     if n_threads <= 1:
         with nogil:
-            _run_rows(s, X, Y, 0, n, &one)
+            _run_rows(s, X, Y, 0, n, is_streaming, &one)
         return (one.code, one.row, one.column, one.value)
     n_chunks = (n + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK
     chunks = <Status*>malloc(n_chunks * sizeof(Status))
@@ -300,8 +356,10 @@ cdef tuple _run(const Spec* s, const real_in* X, real_out* Y, Py_ssize_t n, int 
     try:
         for c in range(n_chunks):
             _set(&chunks[c], 0, 0, 0, 0.0)
-        for c in prange(n_chunks, nogil=True, num_threads=n_threads, schedule="static"):
-            _run_rows(s, X, Y, c * ROWS_PER_CHUNK, min((c + 1) * ROWS_PER_CHUNK, n), &chunks[c])
+        # Dynamic: a thread whose core is busy with other work (a shared host, the server's own threads) takes
+        # fewer chunks instead of holding back the whole batch; a chunk is ~100 us of work, so the handout is free.
+        for c in prange(n_chunks, nogil=True, num_threads=n_threads, schedule="dynamic"):
+            _run_rows(s, X, Y, c * ROWS_PER_CHUNK, min((c + 1) * ROWS_PER_CHUNK, n), is_streaming, &chunks[c])
         # Chunks are in row order, so the first failing chunk holds the batch's first failing row.
         for c in range(n_chunks):
             if chunks[c].code != 0:
@@ -346,18 +404,52 @@ cdef class ProgramKernel:
                 self.spec.is_identity_gather = False
         self.spec.is_single_affine = (self.spec.is_identity_gather and self.spec.n_ops == 1 and ops[0] == K_AFFINE
                                       and ops[1] == 0 and ops[2] == n_in and n_out == n_in)
+        if self.spec.is_single_affine:
+            self.spec.checks_f32 = ig_affine_checks(self.spec.fparams, n_out, FLT_MAX)
+            self.spec.checks_f64 = ig_affine_checks(self.spec.fparams, n_out, DBL_MAX)
 
-    def run_f32_f32(self, const float[:, ::1] X, float[:, ::1] Y, int n_threads):
-        return _run(&self.spec, &X[0, 0] if X.shape[0] else NULL, &Y[0, 0] if Y.shape[0] else NULL, X.shape[0], n_threads)
+    def run(self, cnp.ndarray X not None, cnp.ndarray Y not None, int n_threads):
+        """Transform X (C-contiguous float32/float64, n x n_in) into Y (writable, C-contiguous, n x n_out).
 
-    def run_f32_f64(self, const float[:, ::1] X, double[:, ::1] Y, int n_threads):
-        return _run(&self.spec, &X[0, 0] if X.shape[0] else NULL, &Y[0, 0] if Y.shape[0] else NULL, X.shape[0], n_threads)
+        Returns (code, row, column, value) of the first failing row, code 0 if none. Reads the arrays
+        through NumPy's C API: typed memoryviews or the buffer protocol cost more than a small batch's loop.
+        """
+        cdef int kx = cnp.PyArray_TYPE(X), ky = cnp.PyArray_TYPE(Y)
+        cdef void* x
+        cdef void* y
+        if not (cnp.PyArray_NDIM(X) == 2 and cnp.PyArray_NDIM(Y) == 2 and cnp.PyArray_IS_C_CONTIGUOUS(X)
+                and cnp.PyArray_IS_C_CONTIGUOUS(Y) and cnp.PyArray_ISWRITEABLE(Y) and cnp.PyArray_ISNOTSWAPPED(X)
+                and cnp.PyArray_ISNOTSWAPPED(Y) and (kx == cnp.NPY_FLOAT32 or kx == cnp.NPY_FLOAT64)
+                and (ky == cnp.NPY_FLOAT32 or ky == cnp.NPY_FLOAT64) and X.shape[1] == self.spec.n_in
+                and Y.shape[1] == self.spec.n_out and X.shape[0] == Y.shape[0]):
+            raise ValueError(f"expected C-contiguous native float32/float64 arrays: input (n, {self.spec.n_in}) "
+                             f"and writable output (n, {self.spec.n_out}); got {X.dtype} {np.shape(X)} and "
+                             f"{Y.dtype} {np.shape(Y)}")
+        x, y = cnp.PyArray_DATA(X), cnp.PyArray_DATA(Y)
+        if kx == cnp.NPY_FLOAT32 and ky == cnp.NPY_FLOAT32:
+            return _run(&self.spec, <const float*>x, <float*>y, X.shape[0], n_threads)
+        if kx == cnp.NPY_FLOAT32:
+            return _run(&self.spec, <const float*>x, <double*>y, X.shape[0], n_threads)
+        if ky == cnp.NPY_FLOAT32:
+            return _run(&self.spec, <const double*>x, <float*>y, X.shape[0], n_threads)
+        return _run(&self.spec, <const double*>x, <double*>y, X.shape[0], n_threads)
 
-    def run_f64_f32(self, const double[:, ::1] X, float[:, ::1] Y, int n_threads):
-        return _run(&self.spec, &X[0, 0] if X.shape[0] else NULL, &Y[0, 0] if Y.shape[0] else NULL, X.shape[0], n_threads)
 
-    def run_f64_f64(self, const double[:, ::1] X, double[:, ::1] Y, int n_threads):
-        return _run(&self.spec, &X[0, 0] if X.shape[0] else NULL, &Y[0, 0] if Y.shape[0] else NULL, X.shape[0], n_threads)
+def set_simd(bint is_enabled):
+    """Allow (if the CPU has it) or forbid the AVX loop; returns whether it was allowed. For tests and benchmarks."""
+    return ig_set_simd(is_enabled) != 0
+
+
+def set_stream_min_bytes(Py_ssize_t n_bytes):
+    """Set the output size from which single-affine runs use streaming stores; returns the previous one."""
+    global _stream_min_bytes
+    previous, _stream_min_bytes = _stream_min_bytes, n_bytes
+    return previous
+
+
+def simd_level():
+    """The loop single-affine programs run here: 'avx' or 'portable'."""
+    return "avx" if ig_is_avx_enabled else "portable"
 
 
 # ---- feature hashing -------------------------------------------------------------------------
@@ -428,7 +520,7 @@ def hash_packed(const uint8_t[::1] data, const int64_t[::1] starts, const int64_
         with nogil:
             _hash_rows(d, s, e, &row_ptr[0], 0, n, n_features, alternate_sign, &out[0, 0])
         return
-    for c in prange(n_chunks, nogil=True, num_threads=n_threads, schedule="static"):
+    for c in prange(n_chunks, nogil=True, num_threads=n_threads, schedule="dynamic"):  # as _run: busy cores
         _hash_rows(d, s, e, &row_ptr[0], c * ROWS_PER_CHUNK, min((c + 1) * ROWS_PER_CHUNK, n), n_features,
                    alternate_sign, &out[0, 0])
 

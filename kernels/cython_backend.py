@@ -11,15 +11,6 @@ from .program import Program
 
 logger = logging.getLogger(__name__)
 
-# One entry point per (input, output) dtype: a fused-type def would pay a signature lookup per call.
-_RUN = {
-    (np.dtype(np.float32), np.dtype(np.float32)): _ck.ProgramKernel.run_f32_f32,
-    (np.dtype(np.float32), np.dtype(np.float64)): _ck.ProgramKernel.run_f32_f64,
-    (np.dtype(np.float64), np.dtype(np.float32)): _ck.ProgramKernel.run_f64_f32,
-    (np.dtype(np.float64), np.dtype(np.float64)): _ck.ProgramKernel.run_f64_f64,
-}
-
-
 class CythonBackend:
     """Ahead-of-time kernels; nogil, OpenMP across row chunks when n_threads > 1."""
 
@@ -30,7 +21,7 @@ class CythonBackend:
                                  program.gather_col, program.ops.reshape(-1), program.fparams, program.iparams)
 
     def run(self, handle: Any, X: np.ndarray, out: np.ndarray, n_threads: int) -> Status:
-        status: Status = _RUN[X.dtype, out.dtype](handle, X, out, n_threads)
+        status: Status = handle.run(X, out, n_threads)
         return status
 
     def hash_packed(self, data: np.ndarray, starts: np.ndarray, ends: np.ndarray, row_ptr: np.ndarray,

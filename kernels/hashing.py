@@ -2,6 +2,7 @@
 
 import logging
 from collections.abc import Iterable
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,10 @@ logger = logging.getLogger(__name__)
 
 MAX_FEATURES = 2**31 - 1  # widest hash space: indices are abs(int32) % n_features, as in scikit-learn
 TOKENS_PER_BLOCK = 1 << 16  # tokens the NumPy reference hashes per vectorised block (bounds its padding matrix)
+# Joins ASCII tokens for packing: encoded as Latin-1 it is the single byte 0x80, which no ASCII token contains.
+_ASCII_SEPARATOR = "\x80"
+
+Packed = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # data uint8, starts, ends, row_ptr (int64)
 _C1, _C2, _C3 = np.uint32(0xCC9E2D51), np.uint32(0x1B873593), np.uint32(0xE6546B64)
 _F1, _F2 = np.uint32(0x85EBCA6B), np.uint32(0xC2B2AE35)
 
@@ -67,8 +72,60 @@ def hash_packed_reference(data: np.ndarray, starts: np.ndarray, ends: np.ndarray
     np.add.at(out, (rows, index), value)
 
 
-def pack_tokens(rows: Iterable[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def pack_tokens(rows: Iterable[Any]) -> Packed:
     """Rows of str/bytes tokens -> (data uint8, starts, ends, row_ptr int64); str is encoded as UTF-8."""
+    if not isinstance(rows, (list, tuple)):
+        rows = list(rows)
+    packed = _pack_token_lists(rows)
+    return packed if packed is not None else _pack_checked(rows)
+
+
+def _pack_token_lists(rows: list[Any] | tuple[Any, ...]) -> Packed | None:
+    """pack_tokens for the common case, in C-level joins rather than a Python loop per token; None if not it.
+
+    The common case: every row a list or tuple, every token a str (or every token a bytes). ASCII
+    tokens are joined with a 0x80 byte between them, which no ASCII token holds, so one vectorised scan
+    finds every boundary; other text is encoded token by token. Anything else (mixed or bad tokens,
+    bare strings, generators) returns None for _pack_checked, which names the offending token.
+    """
+    if not set(map(type, rows)) <= {list, tuple}:
+        return None
+    row_ptr = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, rows), dtype=np.int64, count=len(rows)), out=row_ptr[1:])
+    n_tokens = int(row_ptr[-1])
+    if n_tokens == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=np.uint8), empty, empty, row_ptr
+    data: np.ndarray | None
+    try:
+        # Joined row by row (empty rows skipped): no flat list of every token is ever built.
+        text = _ASCII_SEPARATOR.join(map(_ASCII_SEPARATOR.join, filter(None, rows)))
+        data = np.frombuffer(text.encode("latin-1"), dtype=np.uint8)
+    except (TypeError, UnicodeEncodeError):  # a token that is not str, or text beyond Latin-1
+        data = None
+    if data is not None:
+        boundaries = np.flatnonzero(data >= 0x80)
+        if len(boundaries) == n_tokens - 1:  # every byte >= 0x80 is a separator: all tokens are ASCII
+            starts = np.concatenate(([0], boundaries + 1))
+            ends = np.concatenate((boundaries, [len(data)]))
+            return data, starts, ends, row_ptr
+    tokens = list(chain.from_iterable(rows))
+    if isinstance(tokens[0], str):
+        try:
+            encoded = list(map(str.encode, tokens))
+        except (TypeError, UnicodeEncodeError):  # not all str; or a lone surrogate, raised again by the checker
+            return None
+    elif set(map(type, tokens)) == {bytes}:
+        encoded = tokens
+    else:
+        return None
+    lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+    ends = np.cumsum(lengths)
+    return np.frombuffer(b"".join(encoded), dtype=np.uint8), ends - lengths, ends, row_ptr
+
+
+def _pack_checked(rows: Iterable[Any]) -> Packed:
+    """pack_tokens one token at a time, raising InputTypeError at the first row or token of the wrong type."""
     encoded: list[bytes] = []
     row_ptr = [0]
     for i, row in enumerate(rows):

@@ -17,6 +17,8 @@ from numba import njit, prange, types
 from numba.core.typing.templates import Signature
 
 from .program import (
+    CHECK_OUTPUT,
+    CHECK_PRECLIP,
     K_AFFINE,
     K_AFFINE_DIV,
     K_BUCKETIZE,
@@ -241,6 +243,75 @@ def _signatures(extra: tuple[types.Type, ...]) -> list[Signature]:
 
 run_rows = _jit(_signatures((types.int64, types.int64)))(_run_rows)
 run_parallel = _jit(_signatures(()), parallel=True)(_run_parallel)
+
+
+def _affine_row(X: np.ndarray, out: np.ndarray, params: np.ndarray, i: int, is_preclip: bool,
+                is_output: bool) -> int:
+    """Row i of a single-affine program (see single_affine_params); how many elements fail the CHECK_* tests.
+
+    Inlined at call sites with constant flags, so each copy of the loop carries only its own tests and,
+    branch-free, vectorises. params rows: fill, sub, mul, add, low, high (one value per column).
+    """
+    fill, sub, mul, add, low, high = params[0], params[1], params[2], params[3], params[4], params[5]
+    n_bad = 0
+    for k in range(out.shape[1]):
+        v = np.float64(X[i, k])
+        f = fill[k]  # loaded unconditionally, so the NaN select is a blend
+        v = f if np.isnan(v) else v
+        v = (v - sub[k]) * mul[k] + add[k]
+        if is_preclip:
+            n_bad += not np.isfinite(v)
+        f = low[k]
+        v = f if v < f else v
+        f = high[k]
+        out[i, k] = f if v > f else v
+        if is_output:
+            n_bad += not np.isfinite(out[i, k])  # the stored value: a float32 output may overflow in the cast
+    return n_bad
+
+
+def _affine_rows(X: np.ndarray, out: np.ndarray, params: np.ndarray, checks: int, start: int, stop: int) -> int:
+    """Rows [start, stop) of a single-affine program; the first row flagged by the CHECK_* set checks, or stop."""
+    for i in range(start, stop):
+        if checks == CHECK_PRECLIP:
+            n_bad = affine_row(X, out, params, i, True, False)
+        elif checks == CHECK_OUTPUT:
+            n_bad = affine_row(X, out, params, i, False, True)
+        else:
+            n_bad = affine_row(X, out, params, i, True, True)
+        if n_bad:
+            return i
+    return stop
+
+
+def _affine_parallel(X: np.ndarray, out: np.ndarray, params: np.ndarray, checks: int, gather_slot: np.ndarray,
+                     gather_col: np.ndarray, ops: np.ndarray, fparams: np.ndarray, iparams: np.ndarray, n_slots: int,
+                     status: np.ndarray, values: np.ndarray) -> None:
+    """_affine_rows over chunks of rows in parallel; chunk c re-runs each row it flags on run_rows and reports
+    the first failure into status[c], values[c] (a flagged row that run_rows passes is not an error)."""
+    n = X.shape[0]
+    for c in prange(status.shape[0]):
+        i, stop = c * ROWS_PER_CHUNK, min((c + 1) * ROWS_PER_CHUNK, n)
+        while i < stop:
+            i = affine_rows(X, out, params, checks, i, stop)
+            if i >= stop:
+                break
+            run_rows(X, out, gather_slot, gather_col, ops, fparams, iparams, n_slots, i, i + 1, status[c:c + 1],
+                     values[c:c + 1])
+            if status[c, 0]:
+                break
+            i += 1
+
+
+f64_2d_ro = types.Array(types.float64, 2, "C", readonly=True)
+_IN_OUT = [(types.Array(x, 2, "C", readonly=True), types.Array(y, 2, "C")) for x in REALS for y in REALS]
+affine_row = _jit([types.int64(x, y, f64_2d_ro, types.int64, types.boolean, types.boolean) for x, y in _IN_OUT],
+                  inline="always")(_affine_row)
+affine_rows = _jit([types.int64(x, y, f64_2d_ro, types.int64, types.int64, types.int64)
+                    for x, y in _IN_OUT])(_affine_rows)
+affine_parallel = _jit([types.void(x, y, f64_2d_ro, types.int64, i64_1d, i64_1d, i64_2d, f64_1d_ro, i64_1d,
+                                   types.int64, status_2d, f64_1d) for x, y in _IN_OUT],
+                       parallel=True)(_affine_parallel)
 
 
 # numba widens uint32 arithmetic to 64 bits, so each step is done in uint64 and masked back to 32 bits;

@@ -103,6 +103,8 @@ class Pipeline:
         self.program = compile_ops(list(self.steps), self.n_features_in, exact=self.is_exact)
         self._backend = get_backend(backend)
         self._handle = self._backend.compile(self.program)
+        self._run = self._backend.run  # bound once: transform's per-call overhead matters on small batches
+        self._n_out = self.program.n_out
         self.n_threads = default_threads() if n_threads is None else max(1, int(n_threads))
 
     @property
@@ -131,15 +133,21 @@ class Pipeline:
         out, if given, must be a C-contiguous (n, n_features_out) array of output_dtype (a reused batch
         buffer saves the page faults of a fresh allocation); on error its contents are unspecified.
         """
-        batch = as_batch(X, self.n_features_in)
-        shape = (batch.shape[0], self.program.n_out)
+        # The common case (a C-contiguous float ndarray of the right width) is checked inline: on a small
+        # batch every attribute lookup and call here is a visible share of the whole transform.
+        if (type(X) is np.ndarray and X.ndim == 2 and X.dtype in _NATIVE and X.shape[1] == self.n_features_in
+                and X.flags.c_contiguous):
+            batch = X
+        else:
+            batch = as_batch(X, self.n_features_in)
         if out is None:
-            out = np.empty(shape, dtype=self.output_dtype)
-        elif (out.shape != shape or out.dtype != self.output_dtype or not out.flags.c_contiguous
-              or not out.flags.writeable):
-            raise ShapeError(f"a writable C-contiguous {shape} {self.output_dtype} output buffer", out.shape)
-        n_threads = self.n_threads if batch.size >= PARALLEL_MIN_ELEMENTS else 1
-        code, row, column, value = self._backend.run(self._handle, batch, out, n_threads)
+            out = np.empty((batch.shape[0], self._n_out), dtype=self.output_dtype)
+        elif (out.shape != (batch.shape[0], self._n_out) or out.dtype != self.output_dtype
+              or not out.flags.c_contiguous or not out.flags.writeable):
+            raise ShapeError(f"a writable C-contiguous {(batch.shape[0], self._n_out)} {self.output_dtype} output "
+                             "buffer", out.shape)
+        code, row, column, value = self._run(self._handle, batch, out,
+                                             self.n_threads if batch.size >= PARALLEL_MIN_ELEMENTS else 1)
         if code:
             raise status_error(self.program, code, row, column, value)
         return out

@@ -37,6 +37,16 @@ _STAGE_IMPUTE, _STAGE_AFFINE, _STAGE_CLIP = 0, 1, 2
 OP_KIND, OP_LO, OP_HI, OP_POFF, OP_AUX, OP_COUNT, OP_IOFF, OP_FLAG = range(8)
 OP_WIDTH = 8  # int64 fields per op record
 
+# What a single-affine fast loop tests per element (equal to IG_CHECK_* of kernels/_affine_rows.h).
+# CHECK_PRECLIP: the value before the clip is finite. An infinite input never is (inf or NaN survives -, *, +),
+# and when every clip bound lies within the output type's range a finite pre-clip value cannot give a
+# non-finite output, so that one test covers both error kinds. CHECK_OUTPUT: the stored value is finite;
+# with no finite clip bound the output is the pre-clip value itself, so that one test covers both.
+# A flagged row is re-run on the checking path, which reports the error or, for a pre-clip overflow the
+# clip made finite, finds none.
+CHECK_PRECLIP = 1
+CHECK_OUTPUT = 2
+
 # Status codes a backend reports for the first failing row of a chunk.
 STATUS_OK = 0
 STATUS_INPUT_INF = 1  # column = input column, value = the input
@@ -295,6 +305,35 @@ def _lower_elementwise(kind: int, slots: list[int], params: list[list[Any]], row
             for block in params:
                 fparams.extend(float(block[i]) for i in run)
         start = stop
+
+
+def single_affine_params(program: Program) -> np.ndarray | None:
+    """The (AFFINE_BLOCKS, n) parameter rows when the program is one K_AFFINE record from every input column
+    straight to the same output column (impute/standardize/minmax/clip over all columns), else None.
+
+    Such a program needs no scratch row: backends run it as one tight loop from input row to output row.
+    """
+    n = program.n_features_in
+    is_identity = (program.n_out == n and program.gather_col.shape[0] == n
+                   and bool(np.array_equal(program.gather_col, np.arange(n)))
+                   and bool(np.array_equal(program.gather_slot, np.arange(n))))
+    if not is_identity or program.ops.shape[0] != 1:
+        return None
+    record = program.ops[0]
+    if record[OP_KIND] != K_AFFINE or record[OP_LO] != 0 or record[OP_HI] != n or record[OP_POFF] != 0:
+        return None
+    return program.fparams[:AFFINE_BLOCKS * n].reshape(AFFINE_BLOCKS, n)
+
+
+def affine_checks(params: np.ndarray, output_dtype: np.dtype) -> int:
+    """The cheapest sufficient CHECK_* set for single-affine params (see single_affine_params) and output dtype."""
+    low, high = params[4], params[5]
+    max_out = float(np.finfo(output_dtype).max)
+    if bool(np.all(np.abs(low) <= max_out) and np.all(np.abs(high) <= max_out)):
+        return CHECK_PRECLIP
+    if bool(np.all(low == -np.inf) and np.all(high == np.inf)):
+        return CHECK_OUTPUT
+    return CHECK_PRECLIP | CHECK_OUTPUT
 
 
 def status_error(program: Program, code: int, row: int, column: int, value: float) -> KernelError:

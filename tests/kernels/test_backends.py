@@ -4,33 +4,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kernel_cases import COMPILED, numeric_ops
+from kernel_cases import COMPILED, assert_same, numeric_ops, run_all
 
 from infergate import kernels as K
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def run_all(ops: list, d: int, X: np.ndarray, output_dtype: str = "float32", exact: bool = False) -> dict:
-    """{backend: output array or the KernelError it raised}."""
-    results = {}
-    for name in K.available_backends():
-        pipeline = K.Pipeline(ops, d, output_dtype=output_dtype, backend=name, exact=exact)
-        try:
-            results[name] = pipeline.transform(X)
-        except K.KernelError as error:
-            results[name] = error
-    return results
-
-
-def assert_same(results: dict) -> None:
-    ref = results["numpy"]
-    for name, got in results.items():
-        if isinstance(ref, K.KernelError):
-            assert type(got) is type(ref) and str(got) == str(ref), (name, got, ref)
-        else:
-            assert not isinstance(got, Exception), (name, got)
-            np.testing.assert_array_equal(got, ref, err_msg=name)
 
 
 @st.composite

@@ -8,7 +8,7 @@ from sklearn.feature_extraction import FeatureHasher
 from sklearn.utils import murmurhash3_32
 
 from infergate import kernels as K
-from infergate.kernels.hashing import murmurhash3_32_reference, pack_tokens
+from infergate.kernels.hashing import _pack_checked, murmurhash3_32_reference, pack_tokens
 
 tokens = st.one_of(st.text(max_size=12), st.binary(max_size=12))
 
@@ -34,12 +34,41 @@ def test_murmurhash_reference(values: list) -> None:
     np.testing.assert_array_equal(murmurhash3_32_reference(data, starts, ends), expected)
 
 
-def test_bad_tokens_and_width() -> None:
-    hasher = K.TokenHasher(8)
+def token_bytes(packed: tuple) -> tuple[list[bytes], list[int]]:
+    data, starts, ends, row_ptr = packed
+    return [bytes(data[s:e]) for s, e in zip(starts, ends)], list(row_ptr)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=st.one_of(
+    st.lists(st.lists(st.text(alphabet=st.characters(max_codepoint=0x7f), max_size=8), max_size=6), max_size=6),
+    st.lists(st.lists(st.text(max_size=8), max_size=6), max_size=6),
+    st.lists(st.lists(st.binary(max_size=8), max_size=6), max_size=6),
+    st.lists(st.lists(st.one_of(tokens, st.sampled_from(["", "\x80", "\u00e9", "a\x80b"])), max_size=6), max_size=6)),
+    as_tuples=st.booleans())
+def test_pack_tokens_equals_token_by_token(rows: list, as_tuples: bool) -> None:
+    # ASCII-only, any text, bytes-only and mixed rows: the joined fast path (or its fallback) packs as the checker.
+    if as_tuples:
+        rows = [tuple(row) for row in rows]
+    assert token_bytes(pack_tokens(rows)) == token_bytes(_pack_checked(rows))
+    assert token_bytes(pack_tokens(iter(rows))) == token_bytes(_pack_checked(rows))
+
+
+@pytest.mark.parametrize("backend", K.available_backends())
+def test_bad_tokens_and_width(backend: str) -> None:
+    hasher = K.TokenHasher(8, backend=backend)
     with pytest.raises(K.InputTypeError, match="tokens must be str or bytes at row 1, column 0: 3"):
         hasher.transform([["a"], [3]])
     with pytest.raises(K.InputTypeError, match="not a single string"):
         hasher.transform(["abc"])
+    with pytest.raises(K.InputTypeError, match="not a single string at row 1"):
+        hasher.transform([["a"], "abc"])
+    with pytest.raises(K.InputTypeError, match=r"tokens must be str or bytes at row 0, column 1: bytearray\(b'x'\)"):
+        hasher.transform([[b"a", bytearray(b"x")]])
+    with pytest.raises(K.InputTypeError, match="tokens must be str or bytes at row 0, column 2: None"):
+        hasher.transform([("a", "b", None)])
+    with pytest.raises(UnicodeEncodeError):  # a lone surrogate has no UTF-8 form
+        hasher.transform([["a", "\ud800"]])
     for width in (0, -4, 2**31):
         with pytest.raises(K.ConfigError, match="hash width"):
             K.TokenHasher(width)
