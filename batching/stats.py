@@ -14,7 +14,7 @@ from infergate.batching.batcher import QueuedRequest, Stats, Tensors, Timings
 # FOLD_INTERVAL_NS after the last fold, whichever comes first: the hot path only appends.
 FOLD_AT_SAMPLES = 4096
 FOLD_INTERVAL_NS = 1_000_000_000
-DRIFT_PENDING_BATCHES = 8  # sampled batches kept for the drift monitor; older ones are dropped
+DRIFT_PENDING_BATCHES = 8  # sampled batches held for the drift monitor; a full hold triggers a fold
 
 
 @dataclass(slots=True)
@@ -90,7 +90,8 @@ class ModelStats(Stats):
         by_size.compute_output.add(output_ns)
         busy_ns = infer_ns + transform_ns
         self.busy_ns += busy_ns
-        is_recording = self.sink is not None
+        sink = self.sink
+        is_recording = sink is not None
         append_queue = self.queue_ns.append
         # Triton attributes the whole batch's compute time to each request in it.
         for request in requests:
@@ -104,7 +105,7 @@ class ModelStats(Stats):
                 self.transform.add(transform_ns)
             if is_recording:
                 append_queue(queue_ns)
-        if not is_recording:
+        if sink is None:
             return
         self.batch_log.append((rows, len(requests), infer_ns, busy_ns))
         self.last_done_ns = t.done_ns
@@ -112,13 +113,15 @@ class ModelStats(Stats):
             for request in requests:
                 if request.future in self.traced:
                     self.traced[request.future] = request.timings
+        is_drift_full = False
         if self.drift_every:
             self._batch_seq += 1
             if self._batch_seq % self.drift_every == 0:
                 self.drift_pending.append([request.inputs for request in requests])
-        if len(self.queue_ns) >= FOLD_AT_SAMPLES or t.done_ns >= self.fold_due_ns:
+                is_drift_full = len(self.drift_pending) == DRIFT_PENDING_BATCHES
+        if len(self.queue_ns) >= FOLD_AT_SAMPLES or t.done_ns >= self.fold_due_ns or is_drift_full:
             self.fold_due_ns = t.done_ns + FOLD_INTERVAL_NS
-            self.sink()  # type: ignore[misc]  # is_recording: not None
+            sink()
 
     def request_succeeded(self, duration_ns: int) -> None:
         self.success.add(duration_ns)

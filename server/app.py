@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -16,6 +16,8 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from infergate.proto import _pool
 from infergate.server.registry import ModelRegistry
 from infergate.server.service import SERVICE_NAME, InferenceService, generic_handler
+from infergate.server.telemetry.hub import Telemetry
+from infergate.server.telemetry.options import TelemetryOptions
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,7 @@ class ServerOptions:
     load_models: tuple[str, ...] = ()  # in explicit mode, models to load at start ("*" = all)
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     exit_timeout_s: float = 30.0  # how long shutdown waits for in-flight requests
+    telemetry: TelemetryOptions = field(default_factory=TelemetryOptions)
 
 
 class InferenceServer:
@@ -40,7 +43,9 @@ class InferenceServer:
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
         self.registry = ModelRegistry(options.model_repository)
-        self.service = InferenceService(self.registry, is_explicit_control=options.model_control_mode == "explicit")
+        self.telemetry = Telemetry(self.registry, options.telemetry)
+        self.service = InferenceService(self.registry, is_explicit_control=options.model_control_mode == "explicit",
+                                        telemetry=self.telemetry)
         self.health = health.aio.HealthServicer()
         self.grpc_port = 0
         self.metrics_port = 0
@@ -59,6 +64,7 @@ class InferenceServer:
                 await self.registry.load_all()
         else:
             await self.registry.load_all()
+        self.telemetry.attach_all()
         self._server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", options.max_message_bytes),
             ("grpc.max_send_message_length", options.max_message_bytes),
@@ -78,7 +84,7 @@ class InferenceServer:
             from infergate.server.metrics import start_metrics_server
 
             host, _, port = options.metrics_address.rpartition(":")
-            self.metrics_port = start_metrics_server(host or "127.0.0.1", int(port), self.registry)
+            self.metrics_port = start_metrics_server(host or "127.0.0.1", int(port), self.registry, self.telemetry)
         self.service.is_ready = True
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
@@ -97,6 +103,7 @@ class InferenceServer:
         if self._server is not None:
             await self._server.stop(self.options.exit_timeout_s)
         await self.registry.stop(drain_timeout_s=1.0)
+        self.telemetry.shutdown()
         logger.info("infergate stopped")
 
     async def serve(self) -> None:

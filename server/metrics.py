@@ -1,51 +1,155 @@
-"""Prometheus metrics on an HTTP port, read from the model statistics at scrape time."""
+"""Prometheus metrics and /stats.json on an HTTP port, read from the models' telemetry at scrape time."""
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import start_http_server
-from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import make_wsgi_app
+from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from infergate.server.registry import ModelRegistry
+from infergate.server.telemetry import histograms
+from infergate.server.telemetry.aggregate import METRICS
+from infergate.server.telemetry.cost import cost_per_inference_usd, cost_usd
+from infergate.server.telemetry.hub import Telemetry
 
 logger = logging.getLogger(__name__)
 
+STATS_PATH = "/stats.json"  # the telemetry snapshot `infergate stats` reads
+MetricFamily = CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily
+LABELS = ["model", "version", "stage"]  # every per-model family; values come from the repository only
+_LATENCY_HELP = {
+    "request": ("infergate_request_duration_seconds", "Successful requests, receipt to response sent"),
+    "queue": ("infergate_queue_duration_seconds", "Time a request waited in the batcher queue"),
+    "compute": ("infergate_compute_duration_seconds", "Runtime time of the batch a request ran in"),
+}
+
 
 class RegistryCollector(Collector):
-    """Exports ModelStatistics counters; the request path pays nothing for them."""
+    """Exports counters, gauges and histograms; the request path only appended raw samples."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, telemetry: Telemetry) -> None:
         self.registry = registry
+        self.telemetry = telemetry
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        labels = ["model", "version"]
-        requests = CounterMetricFamily("infergate_requests", "Inference requests completed",
-                                       labels=labels + ["outcome"])
+    def collect(self) -> Iterator[MetricFamily]:
+        yield from self._counters()
+        yield from self._telemetry()
+
+    def _counters(self) -> Iterator[MetricFamily]:
+        labels = LABELS
+        requests = CounterMetricFamily("infergate_requests", "Inference requests finished, by gRPC status code",
+                                       labels=labels + ["code"])
         inferences = CounterMetricFamily("infergate_inferences", "Rows computed (batch rows)", labels=labels)
         executions = CounterMetricFamily("infergate_executions", "Batches executed", labels=labels)
         seconds = CounterMetricFamily("infergate_duration_seconds", "Time spent, summed over requests, by phase",
                                       labels=labels + ["phase"])
+        busy = CounterMetricFamily("infergate_busy_seconds", "Device time of the model's batches "
+                                   "(compute and feature transforms): what cost is charged on", labels=labels)
         queued = GaugeMetricFamily("infergate_queue_depth", "Requests waiting in the batcher queue", labels=labels)
+        in_flight = GaugeMetricFamily("infergate_in_flight_requests", "Requests received and not yet answered",
+                                      labels=labels)
         ready = GaugeMetricFamily("infergate_model_ready", "1 when the model version serves", labels=labels)
+        state = GaugeMetricFamily("infergate_model_state", "1 for the model's current state "
+                                  "(READY, UNAVAILABLE, LOADING, UNLOADING)", labels=["model", "state"])
         for served in self.registry.all_served():
-            key = [served.name, served.version]
+            key = [served.name, served.version, ""]
             stats = served.stats
-            requests.add_metric(key + ["success"], stats.success.count)
-            requests.add_metric(key + ["failure"], stats.fail.count)
+            requests.add_metric(key + ["OK"], stats.success.count)
+            for code, count in sorted(stats.failures.items()):
+                requests.add_metric(key + [code], count)
             inferences.add_metric(key, stats.inference_count)
             executions.add_metric(key, stats.execution_count)
             for phase in ("queue", "compute_input", "compute_infer", "compute_output", "success"):
                 seconds.add_metric(key + [phase if phase != "success" else "request"], getattr(stats, phase).ns / 1e9)
+            busy.add_metric(key, stats.busy_ns / 1e9)
             queued.add_metric(key, served.batcher.queued)
+            in_flight.add_metric(key, stats.in_flight)
             ready.add_metric(key, 1)
-        yield from (requests, inferences, executions, seconds, queued, ready)
+        for entry in self.registry.entries():
+            state.add_metric([entry.name, entry.state], 1)
+        yield from (requests, inferences, executions, seconds, busy, queued, in_flight, ready, state)
+
+    def _telemetry(self) -> Iterator[MetricFamily]:
+        models = self.telemetry.attach_all()
+        if not models:
+            return
+        latency = {m: HistogramMetricFamily(*_LATENCY_HELP[m], labels=LABELS) for m in METRICS}
+        batch = HistogramMetricFamily("infergate_batch_size_rows", "Rows per executed batch", labels=LABELS)
+        price = GaugeMetricFamily("infergate_price_usd_per_hour", "What the model's device costs per hour",
+                                  labels=LABELS + ["device"])
+        cost = CounterMetricFamily("infergate_cost_usd", "Price x busy seconds, since start", labels=LABELS)
+        per_1k = GaugeMetricFamily("infergate_cost_per_1k_inferences_usd",
+                                   "Cost of 1000 inferences since start (price x busy seconds / inferences)",
+                                   labels=LABELS)
+        drift = GaugeMetricFamily("infergate_drift_psi", "Population stability index of an input feature over "
+                                  "the last 5 minutes against the model's drift profile",
+                                  labels=LABELS + ["input", "feature"])
+        for telemetry in models:
+            telemetry.fold()
+            if telemetry.drift is not None:
+                for feature, value in telemetry.drift.current().items():
+                    drift.add_metric([telemetry.labels.model, telemetry.labels.version, telemetry.labels.stage,
+                                      telemetry.drift.profile.input, feature], value)
+            labels = telemetry.labels
+            key = [labels.model, labels.version, labels.stage]
+            for i, metric in enumerate(METRICS):
+                buckets = histograms.cumulative_buckets(telemetry.latency_buckets[i], histograms.LATENCY_BOUNDS_S)
+                latency[metric].add_metric(key, buckets, telemetry.latency_sum_ns[i] / 1e9)
+            batch.add_metric(key, histograms.cumulative_buckets(telemetry.batch_buckets, histograms.BATCH_BOUNDS_ROWS),
+                             float(telemetry.batch_sum_rows))
+            usd_per_hour, stats = telemetry.price.usd_per_hour, telemetry.stats
+            price.add_metric(key + [labels.device], usd_per_hour)
+            cost.add_metric(key, cost_usd(usd_per_hour, stats.busy_ns))
+            per_inference = cost_per_inference_usd(usd_per_hour, stats.busy_ns, stats.inference_count)
+            if per_inference is not None:
+                per_1k.add_metric(key, per_inference * 1000)
+        yield from latency.values()
+        yield from (batch, price, cost, per_1k, drift)
+        yield from self._gpus()
+
+    def _gpus(self) -> Iterator[MetricFamily]:
+        if self.telemetry.gpus is None or not self.telemetry.gpus.available:
+            return  # absent, never faked
+        utilization = GaugeMetricFamily("infergate_gpu_utilization_ratio", "NVML GPU utilisation, 0..1",
+                                        labels=["gpu", "name"])
+        power = GaugeMetricFamily("infergate_gpu_power_watts", "NVML power draw", labels=["gpu", "name"])
+        for reading in self.telemetry.gpus.read():
+            utilization.add_metric([str(reading.index), reading.name], reading.utilization_ratio)
+            power.add_metric([str(reading.index), reading.name], reading.power_watts)
+        yield from (utilization, power)
 
 
-def start_metrics_server(host: str, port: int, registry: ModelRegistry) -> int:
-    """Serves /metrics in a background thread; returns the bound port."""
-    REGISTRY.register(RegistryCollector(registry))
-    server, _ = start_http_server(port, addr=host)
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        """Scrapes are not worth a log line each."""
+
+
+def make_app(telemetry: Telemetry) -> Callable[..., Iterable[bytes]]:
+    """/stats.json from the telemetry; everything else is prometheus_client's /metrics."""
+    metrics_app = make_wsgi_app(REGISTRY)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == STATS_PATH:
+            body = json.dumps(telemetry.snapshot()).encode()
+            start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
+        return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+
+    return app
+
+
+def start_metrics_server(host: str, port: int, registry: ModelRegistry, telemetry: Telemetry) -> int:
+    """Serves /metrics and /stats.json in a background thread; returns the bound port."""
+    REGISTRY.register(RegistryCollector(registry, telemetry))
+    server = make_server(host, port, make_app(telemetry), ThreadingWSGIServer, handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+    thread.start()
     return int(server.server_port)

@@ -11,12 +11,13 @@ from typing import Any
 import grpc
 
 from infergate.batching.stats import Duration, ModelStats
-from infergate.models.errors import ModelNotFound, NotAllowed, Unsupported
+from infergate.models.errors import InferError, ModelNotFound, NotAllowed, Unsupported
 from infergate.proto import grpc_service_pb2 as pb
 from infergate.server.codec import decode_request, encode_response
 from infergate.server.errors import status_of
 from infergate.server.registry import READY, ModelRegistry, ServedModel
 from infergate.server.shared_memory import SharedMemoryRegions
+from infergate.server.telemetry.hub import Telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +40,11 @@ def _version() -> str:
 class InferenceService:
     """Handlers for every RPC of inference.GRPCInferenceService."""
 
-    def __init__(self, registry: ModelRegistry, *, is_explicit_control: bool = False) -> None:
+    def __init__(self, registry: ModelRegistry, *, is_explicit_control: bool = False,
+                 telemetry: Telemetry | None = None) -> None:
         self.registry = registry
+        self.telemetry = telemetry
+        self.tracer = telemetry.tracer if telemetry is not None else None
         self.is_explicit_control = is_explicit_control
         self.is_ready = False  # set once start-up loading is done; cleared when shutting down
         self.regions = SharedMemoryRegions()
@@ -83,19 +87,49 @@ class InferenceService:
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         received_ns = time.monotonic_ns()
         served = self.registry.get(request.model_name, request.model_version)
+        stats = served.stats
+        # Tracing decides before any work whether this request is traced (cheap when it is not).
+        trace_parent = self.tracer.sample(context.invocation_metadata()) if self.tracer is not None else None
+        future = None
+        stats.in_flight += 1
         try:
             decoded = decode_request(request, served.io, self.regions)
             remaining_s = context.time_remaining()
             deadline_ns = received_ns + int(remaining_s * 1e9) if remaining_s is not None else 0
-            outputs = await served.batcher.submit(decoded.inputs, decoded.rows, decoded.priority,
-                                                  decoded.timeout_us, deadline_ns)
+            future = served.batcher.submit(decoded.inputs, decoded.rows, decoded.priority,
+                                           decoded.timeout_us, deadline_ns)
+            if trace_parent is not None:
+                stats.traced[future] = None  # batch_done fills in the timings
+            outputs = await future
             response = encode_response(served.loaded.spec, served.version, request.id, outputs,
                                        decoded.output_names, decoded.output_regions, self.regions)
-        except BaseException:
-            served.stats.request_failed(time.monotonic_ns() - received_ns)
+        except BaseException as exc:
+            failed_ns = time.monotonic_ns()
+            stats.in_flight -= 1
+            code = _code_name(exc)
+            stats.request_failed(failed_ns - received_ns, code)
+            if trace_parent is not None:
+                self._trace(trace_parent, served, request, received_ns, failed_ns, future, code)
             raise
-        served.stats.request_succeeded(time.monotonic_ns() - received_ns)
+        sent_ns = time.monotonic_ns()
+        stats.in_flight -= 1
+        stats.request_succeeded(sent_ns - received_ns)
+        if trace_parent is not None:
+            self._trace(trace_parent, served, request, received_ns, sent_ns, future, "OK")
         return response
+
+    def _trace(self, parent: Any, served: ServedModel, request: pb.ModelInferRequest, received_ns: int,
+               sent_ns: int, future: Any, code: str) -> None:
+        assert self.tracer is not None
+        timings = served.stats.traced.pop(future, None) if future is not None else None
+        attributes: dict[str, str | int] = {"infergate.model": served.name, "infergate.version": served.version,
+                                            "infergate.stage": ""}
+        if request.id:
+            attributes["infergate.request_id"] = request.id
+        try:
+            self.tracer.emit(parent, attributes, received_ns, sent_ns, timings, code)
+        except Exception:
+            logger.exception("could not record the trace of a request to model '%s'", served.name)
 
     async def ModelStreamInfer(self, requests: AsyncIterator[pb.ModelInferRequest],
                                context: Any) -> AsyncIterator[pb.ModelStreamInferResponse]:
@@ -164,6 +198,8 @@ class InferenceService:
         if request.model_name not in self.registry.discover():
             raise ModelNotFound(request.model_name)
         await self.registry.load(request.model_name)
+        if self.telemetry is not None:
+            self.telemetry.attach_all()
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest,
@@ -197,6 +233,15 @@ class InferenceService:
         if not self.is_explicit_control:
             raise NotAllowed(f"explicit model {action} is not allowed: start the server with "
                              "--model-control-mode explicit")
+
+
+def _code_name(exc: BaseException) -> str:
+    """The gRPC status code name a failure reaches the client with (as status_of maps it, without its log)."""
+    if isinstance(exc, InferError):
+        return exc.status.value
+    if isinstance(exc, asyncio.CancelledError):
+        return "CANCELLED"
+    return "INTERNAL"
 
 
 def _fill_statistics(out: pb.ModelStatistics, served: ServedModel) -> None:

@@ -1,0 +1,1 @@
+"""Telemetry: latency sketches, Prometheus export, cost, tracing and drift for served models."""

@@ -1,0 +1,110 @@
+"""The server's telemetry: one ModelTelemetry per served model version, GPUs, the tracer, snapshots."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from infergate.server.registry import ModelRegistry, ServedModel
+from infergate.server.telemetry.aggregate import ModelLabels, ModelTelemetry
+from infergate.server.telemetry.cost import cpu_cores, device_price, model_price
+from infergate.server.telemetry.drift import PROFILE_FILE, DriftMonitor, monitor_for
+from infergate.server.telemetry.gpu import Gpus, gpu_index
+from infergate.server.telemetry.options import TelemetryOptions
+from infergate.server.telemetry.tracing import RequestTracer, build_tracer
+from infergate.server.telemetry.windows import WINDOW_SLOTS
+
+logger = logging.getLogger(__name__)
+
+WINDOWS = (*WINDOW_SLOTS, "all")  # the windows a snapshot reports: "1m", "5m", "all" (since start)
+
+
+class Telemetry:
+    """Attaches telemetry to every served model version and answers for all of them."""
+
+    def __init__(self, registry: ModelRegistry, options: TelemetryOptions) -> None:
+        self.registry = registry
+        self.options = options
+        self.start_s = time.time()
+        self._models: dict[int, tuple[ServedModel, ModelTelemetry]] = {}  # by id(served); served kept alive
+        self._lock = threading.Lock()  # attach runs on the loop thread and on scrapes
+        self.gpus = Gpus() if options.is_enabled else None
+        self.tracer: RequestTracer | None = None
+        if options.is_enabled:
+            self.tracer = build_tracer(options.trace_exporter, options.trace_sampling_ratio,
+                                       options.otlp_endpoint, options.span_exporter)
+
+    def attach_all(self) -> list[ModelTelemetry]:
+        """Telemetry for every served version (new ones attached, retired ones dropped), in model order."""
+        if not self.options.is_enabled:
+            return []
+        with self._lock:
+            served_now = {id(s): s for s in self.registry.all_served()}
+            for key in list(self._models):
+                if key not in served_now:
+                    del self._models[key]
+            without_profile: list[str] = []
+            for key, served in served_now.items():
+                if key not in self._models:
+                    self._models[key] = (served, self._attach(served, without_profile))
+            if without_profile:
+                logger.info("no drift profile (%s) for %s: PSI is off for them; `infergate drift-profile` builds one",
+                            PROFILE_FILE, ", ".join(without_profile))
+            return [self._models[key][1] for key in served_now]
+
+    def _attach(self, served: ServedModel, without_profile: list[str]) -> ModelTelemetry:
+        spec, device = served.loaded.spec, served.loaded.runtime.device
+        index = gpu_index(device)
+        gpu_name = self.gpus.name(index) if self.gpus is not None and index is not None else ""
+        default = device_price(device, cpu_cores(spec.parameters), self.options.cpu_core_price_usd_per_hour,
+                               self.options.gpu_price_usd_per_hour, gpu_name)
+        price = model_price(spec.name, spec.parameters, default)
+        labels = ModelLabels(spec.name, served.version, "", device)
+        return ModelTelemetry(served.stats, labels, price, drift=self._drift_monitor(served, without_profile))
+
+    def _drift_monitor(self, served: ServedModel, without_profile: list[str]) -> DriftMonitor | None:
+        if self.options.drift_every_batches <= 0:
+            return None
+        spec = served.loaded.spec
+        try:
+            monitor, why_not = monitor_for(spec.name, self.registry.repository / spec.name,
+                                           {t.name: t.dims for t in spec.inputs}, self.options.drift_psi_threshold)
+        except Exception as exc:  # e.g. the kernel failed to compile: serve without drift
+            monitor, why_not = None, f"{type(exc).__name__}: {exc}"
+        if monitor is None:
+            if why_not:
+                logger.warning("model '%s': drift monitoring is off: %s", spec.name, why_not)
+            elif f"'{spec.name}'" not in without_profile:
+                without_profile.append(f"'{spec.name}'")
+            return None
+        served.stats.drift_every = self.options.drift_every_batches
+        logger.info("model '%s' version %s: drift monitoring of input '%s' (%d features), one batch in %d",
+                    spec.name, served.version, monitor.profile.input, len(monitor.profile.features),
+                    self.options.drift_every_batches)
+        return monitor
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything `infergate stats` shows, as JSON-ready data (served at /stats.json)."""
+        models = []
+        for telemetry in self.attach_all():
+            labels = telemetry.labels
+            models.append({
+                "model": labels.model, "version": labels.version, "stage": labels.stage, "device": labels.device,
+                "price_usd_per_hour": telemetry.price.usd_per_hour, "price_source": telemetry.price.source,
+                "in_flight": telemetry.stats.in_flight,
+                "windows": {window: telemetry.summary(window) for window in WINDOWS},
+                "drift_psi": telemetry.drift.current() if telemetry.drift is not None else None,
+            })
+        gpus = [vars_of(r) for r in self.gpus.read()] if self.gpus is not None else []
+        return {"uptime_s": round(time.time() - self.start_s, 3), "telemetry": self.options.is_enabled,
+                "models": models, "gpus": gpus}
+
+    def shutdown(self) -> None:
+        if self.tracer is not None:
+            self.tracer.shutdown()
+
+
+def vars_of(reading: Any) -> dict[str, Any]:
+    return {name: getattr(reading, name) for name in reading.__slots__}
