@@ -9,11 +9,17 @@ from setuptools import setup
 # The repository's top level is the architecture; installed, every folder lives under
 # the `infergate` namespace so no bare `server` or `models` lands in site-packages.
 SUBPACKAGES = ("proto", "server", "batching", "models", "kernels", "bench")
+# Packages nested in a top-level folder: infergate.<dotted name> lives in <folder>/<name>.
+NESTED_PACKAGES = ("server.telemetry", "bench.loadgen")
 
 # onnxruntime and onnxruntime-gpu cannot share an environment: CPU by default,
 # INFERGATE_GPU=1 at install time (Dockerfile.gpu) selects the CUDA build.
 ORT_PACKAGE = "onnxruntime-gpu" if os.environ.get("INFERGATE_GPU") == "1" else "onnxruntime"
-
+# OpenTelemetry for request tracing: the `tracing` extra, which `test` includes.
+TRACING = ["opentelemetry-api>=1.25", "opentelemetry-sdk>=1.25"]
+OTLP = "opentelemetry-exporter-otlp-proto-grpc>=1.25"  # --trace-exporter otlp
+# `infergate bench`: PNG plots and the progress display; the `bench` extra, which `test` includes.
+BENCH = ["matplotlib>=3.8", "rich>=13"]
 
 
 def _kernel_extensions() -> list:  # type: ignore[type-arg]
@@ -33,10 +39,10 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=[f"infergate.{name}" for name in SUBPACKAGES],
-    package_dir={f"infergate.{name}": name for name in SUBPACKAGES},
+    packages=[f"infergate.{name}" for name in SUBPACKAGES + NESTED_PACKAGES],
+    package_dir={f"infergate.{name}": name.replace(".", "/") for name in SUBPACKAGES + NESTED_PACKAGES},
     package_data={"infergate.proto": ["*.proto", "*.pyi"], "infergate.server": ["py.typed"],
-                  "infergate.kernels": ["*.pyx", "*.pyi"]},
+                  "infergate.kernels": ["*.pyx", "*.pyi", "*.h"]},
     ext_modules=_kernel_extensions(),
     install_requires=[
         "numpy>=1.24",
@@ -56,7 +62,14 @@ setup(
     extras_require={
         "torch": ["torch>=2.1"],
         "gpu": ["nvidia-ml-py>=12"],  # NVML for GPU telemetry; see ORT_PACKAGE
+        # OpenTelemetry spans (--trace-exporter); OTLP export also needs opentelemetry-exporter-otlp-proto-grpc.
+        "tracing": TRACING,
+        "otlp": [*TRACING, OTLP],
+        "bench": BENCH,
         "test": [
+            *TRACING,
+            OTLP,
+            *BENCH,
             "pytest>=8",
             "pytest-timeout>=2.3",
             "hypothesis>=6.100",

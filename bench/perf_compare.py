@@ -579,7 +579,7 @@ def _ensure_tools(cfg: Config) -> None:
                        check=True)
 
 
-def _git_commit(repo: Path) -> str:
+def git_commit(repo: Path = REPO_ROOT) -> str:
     """HEAD's commit, read from .git without running git."""
     git = repo / ".git"
     try:
@@ -625,7 +625,7 @@ def _host_metadata(cfg: Config) -> dict[str, Any]:
         "kernel": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "loadavg_at_start": os.getloadavg(),
-        "infergate_commit": _git_commit(REPO_ROOT),
+        "infergate_commit": git_commit(REPO_ROOT),
         "versions": {
             "perf_analyzer": pa_version[0] if pa_version else "unknown",
             "infergate": _package_version(cfg.python, "infergate"),

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from infergate.server.app import DEFAULT_MAX_MESSAGE_BYTES, InferenceServer, ServerOptions
+from infergate.server.telemetry import cli as telemetry_cli
 
 logger = logging.getLogger("infergate")
 
@@ -40,8 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="event loop: auto takes uvloop when installed (10-17%% more requests/s measured "
                             "here), else asyncio's")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    telemetry_cli.add_serve_flags(serve)
+    telemetry_cli.add_commands(commands)
     example = commands.add_parser("example-repository", help="build the example repository and print its path")
     example.add_argument("dest", type=Path, nargs="?", default=None)
+    from infergate.bench.cli import add_parser as add_bench_parser
+
+    add_bench_parser(commands)
     return parser
 
 
@@ -69,9 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = getattr(args, "log_level", "info").upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.command == "bench":
+        from infergate.bench.cli import run as run_bench
+
+        return run_bench(args)
     if args.command == "example-repository":
         print(_example_repository(args.dest))
         return 0
+    if args.command in telemetry_cli.COMMANDS:
+        return telemetry_cli.run_command(args)
     repository = args.model_repository
     if repository is None:
         repository = _example_repository(None)
@@ -87,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         load_models=tuple(args.load_model),
         max_message_bytes=args.max_message_bytes,
         exit_timeout_s=args.exit_timeout_s,
+        telemetry=telemetry_cli.telemetry_options(args),
     )
     try:
         _run(InferenceServer(options).serve(), args.loop)
