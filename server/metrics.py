@@ -67,7 +67,8 @@ class RegistryCollector(Collector):
                 requests.add_metric(key + [code], count)
             inferences.add_metric(key, stats.inference_count)
             executions.add_metric(key, stats.execution_count)
-            for phase in ("queue", "compute_input", "compute_infer", "compute_output", "success"):
+            # "transform" (feature transforms) is also inside compute_input, as Triton's phases go.
+            for phase in ("queue", "compute_input", "transform", "compute_infer", "compute_output", "success"):
                 seconds.add_metric(key + [phase if phase != "success" else "request"], getattr(stats, phase).ns / 1e9)
             busy.add_metric(key, stats.busy_ns / 1e9)
             queued.add_metric(key, served.batcher.queued)

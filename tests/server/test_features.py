@@ -201,3 +201,20 @@ def test_bad_declarations_fail_the_load_with_a_reason(client: grpcclient.Inferen
     assert index[model]["state"] == "UNAVAILABLE"
     assert reason in index[model]["reason"]
     assert index["tabular"]["state"] == "READY"
+
+
+def test_transform_time_is_counted_on_its_own(offline: tuple[Offline, ServerProcess],
+                                              client: grpcclient.InferenceServerClient) -> None:
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    rng = np.random.default_rng(6)
+    _infer(client, _dense(rng, 2), _tokens(rng, 2, 3))
+    assert offline[1].metrics_address is not None
+    with urlopen(f"http://{offline[1].metrics_address}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    seconds = {(s.labels["model"], s.labels["phase"]): s.value for family in text_string_to_metric_families(text)
+               for s in family.samples if s.name == "infergate_duration_seconds_total"}
+    assert seconds[("tabular", "transform")] > 0
+    assert seconds[("tabular", "compute_input")] >= seconds[("tabular", "transform")]
