@@ -18,11 +18,11 @@ $python -c "import torch, onnxruntime as o; print('torch', torch.__version__, 'c
 
 # The tests' own filterwarnings=error is for CI's pinned versions; here other versions may warn.
 $python -m pytest -q -p no:cacheprovider -o filterwarnings=ignore::DeprecationWarning \
-  tests/server/test_infer.py tests/server/test_features.py tests/models 2>&1 | tail -15 | tee "$out/pytest.txt"
+  tests/server/test_infer.py tests/server/test_features.py tests/telemetry tests/models 2>&1 | tail -15 | tee "$out/pytest.txt"
 
 serve_and_measure() {  # $1: label; the environment decides whether CUDA is visible
   local label=$1 log="$out/serve-$1.log"
-  $python -m infergate.server serve --grpc-address 127.0.0.1:8001 --metrics-address none >"$log" 2>&1 &
+  $python -m infergate.server serve --grpc-address 127.0.0.1:8001 --metrics-address 127.0.0.1:8002 >"$log" 2>&1 &
   local pid=$!
   for _ in $(seq 180); do grep -q "gRPC on" "$log" && break; sleep 1; done
   grep -E "loaded model|batches run" "$log"
@@ -34,6 +34,16 @@ serve_and_measure() {  # $1: label; the environment decides whether CUDA is visi
       grep -E "^Concurrency: $c," "$out/perf_analyzer.txt" | tail -1
     done
   done
+  # Telemetry under load: NVML gauges and the stats table while digits_large runs at c=64.
+  timeout 60 "$pa" -i grpc -u 127.0.0.1:8001 -m digits_large --concurrency-range 64 -p "$measure_ms" -s 25 \
+    >/dev/null 2>&1 &
+  local load=$!
+  sleep 4
+  $python -c "import urllib.request as u; print(u.urlopen('http://127.0.0.1:8002/metrics').read().decode())" \
+    | grep -E "^infergate_(gpu|cost|busy|model_state)" >"$out/metrics-$label.txt"
+  $python -m infergate.server stats --address 127.0.0.1:8002 >"$out/stats-$label.txt" 2>&1
+  wait "$load"
+  cat "$out/metrics-$label.txt" "$out/stats-$label.txt"
   kill -TERM "$pid"; wait "$pid"
 }
 
