@@ -11,6 +11,7 @@ import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
+from infergate.server.telemetry.gpu import Gpus
 from infergate.server.telemetry.histograms import LATENCY_BOUNDS_S
 
 from harness import ServerProcess
@@ -73,7 +74,8 @@ def test_histograms_counters_and_gauges_after_traffic(server: ServerProcess,
     (cost,) = _samples(families, "infergate_cost_usd", "infergate_cost_usd_total", **key)
     (price,) = _samples(families, "infergate_price_usd_per_hour", "infergate_price_usd_per_hour", **key)
     assert busy.value > 0 and cost.value == pytest.approx(price.value * busy.value / 3600)
-    assert "infergate_gpu_utilization_ratio" not in families  # no GPU here: absent, not faked
+    # GPU gauges exist exactly when NVML reads a GPU on this machine: absent, not faked, without one.
+    assert ("infergate_gpu_utilization_ratio" in families) == Gpus().available
 
 
 def test_labels_never_take_request_content(server: ServerProcess, client: grpcclient.InferenceServerClient) -> None:
