@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 GAP_SMOOTHING = 1 / 8  # weight of the newest gap in the mean time between arrivals
 GAP_CAP_DELAYS = 4  # gaps are capped at this many max_queue_delays, so a burst after idle time
-                    # brings the mean down within ~10 arrivals
+                    # brings the mean down within ~10 arrivals; an arrival at an idle model counts as one
 
 Tensors = Mapping[str, np.ndarray]
 # Runs one assembled batch (blocking, off the event loop): inputs with the batch dim first -> outputs.
@@ -101,7 +101,8 @@ class DynamicBatcher:
         # Inline: run batches on the loop thread itself. Only for models whose whole batch
         # computes faster than a hand-over to a thread costs (see registry.INLINE_MAX_COMPUTE_S).
         self._is_inline = is_inline
-        # Mean time between arrivals (us), for the adaptive queue delay; starts as if idle.
+        # Mean time between arrivals (us) while the model is busy, for the adaptive queue delay;
+        # starts as if idle.
         self._gap_cap_us = GAP_CAP_DELAYS * limits.max_queue_delay_us
         self._mean_gap_us = float(self._gap_cap_us)
         self._last_arrival_ns = 0
@@ -128,7 +129,12 @@ class DynamicBatcher:
             raise QueueFull(self.model, policy.max_queue_size)
         loop = self._loop or self._bind_loop()
         now_ns = self._clock_ns()
-        gap_us = min((now_ns - self._last_arrival_ns) // 1000, self._gap_cap_us) if self._last_arrival_ns \
+        # Only an arrival that finds the model busy (requests queued or a batch running) measures a
+        # real gap. At an idle model it counts as a long one: the time since the last arrival then
+        # includes the wait and compute of the last request itself, so a lone closed-loop client
+        # would otherwise see its own holds as arrivals coming soon and be held again.
+        is_busy = self._queued > 0 or bool(self._in_flight)
+        gap_us = min((now_ns - self._last_arrival_ns) // 1000, self._gap_cap_us) if is_busy \
             else self._gap_cap_us
         self._mean_gap_us += (gap_us - self._mean_gap_us) * GAP_SMOOTHING
         self._last_arrival_ns = now_ns

@@ -242,25 +242,29 @@ def test_adaptive_delay_serves_a_lone_client_at_once_and_batches_a_burst(executo
     async def run() -> None:
         model = GatedModel()
         now_ns = [1_000_000_000]
-        limits = BatchLimits(max_batch_size=8, max_queue_delay_us=10_000_000)  # 10 s: a wait would show
+        limits = BatchLimits(max_batch_size=8, max_queue_delay_us=1000)
         batcher = DynamicBatcher("m", limits, model, executor, clock_ns=lambda: now_ns[0])
-        for value in (1, 2, 3):  # one client, 20 ms between requests: never waits for company
-            now_ns[0] += 20_000_000_000
+        # One closed-loop client whose round trip (200 us) is shorter than the delay: each request
+        # arrives at an idle model and goes at once. (The fake clock stands still while a request
+        # waits, so a request held for company would never finish.)
+        for value in range(1, 21):
+            now_ns[0] += 200_000
             result = await asyncio.wait_for(batcher.submit(rows(value), 1), 5)
             assert result["Y"][0, 0] == value * 2
-        assert model.batches == [[1], [2], [3]]
+        assert model.batches == [[v] for v in range(1, 21)]
+        model.batches.clear()
         burst = []
-        for _ in range(16):  # a burst, 1 us apart, brings the mean gap down: two full batches
+        for _ in range(24):  # a burst, 1 us apart, finds the model busy: three full batches
             now_ns[0] += 1_000
             burst.append(batcher.submit(rows(0), 1))
         await asyncio.wait_for(asyncio.gather(*burst), 5)
-        assert model.batches[3:] == [[0] * 8, [0] * 8]
+        assert model.batches == [[0] * 8] * 3
         model.batches.clear()
-        # ... so a lone request now waits for company (the fake clock does not move: it stays queued).
+        # Right after the burst the mean gap is short, so a lone request waits for company ...
         pending = batcher.submit(rows(9), 1)
         await asyncio.sleep(0.05)
         assert not pending.done() and model.batches == []
-        full = [batcher.submit(rows(v), 1) for v in range(7)]
+        full = [batcher.submit(rows(v), 1) for v in range(7)]  # ... which fills its batch
         await asyncio.wait_for(asyncio.gather(pending, *full), 5)
         assert model.batches == [[9, 0, 1, 2, 3, 4, 5, 6]]
 
