@@ -94,18 +94,17 @@ class RegistryCollector(Collector):
                                   "the last 5 minutes against the model's drift profile",
                                   labels=LABELS + ["input", "feature"])
         for telemetry in models:
-            telemetry.fold()
-            if telemetry.drift is not None:
-                for feature, value in telemetry.drift.current().items():
-                    drift.add_metric([telemetry.labels.model, telemetry.labels.version, telemetry.labels.stage,
-                                      telemetry.drift.profile.input, feature], value)
+            exported = telemetry.export()
             labels = telemetry.labels
             key = [labels.model, labels.version, labels.stage]
+            if exported.drift_psi is not None and telemetry.drift is not None:
+                for feature, value in exported.drift_psi.items():
+                    drift.add_metric(key + [telemetry.drift.profile.input, feature], value)
             for i, metric in enumerate(METRICS):
-                buckets = histograms.cumulative_buckets(telemetry.latency_buckets[i], histograms.LATENCY_BOUNDS_S)
-                latency[metric].add_metric(key, buckets, telemetry.latency_sum_ns[i] / 1e9)
-            batch.add_metric(key, histograms.cumulative_buckets(telemetry.batch_buckets, histograms.BATCH_BOUNDS_ROWS),
-                             float(telemetry.batch_sum_rows))
+                buckets = histograms.cumulative_buckets(exported.latency_buckets[i], histograms.LATENCY_BOUNDS_S)
+                latency[metric].add_metric(key, buckets, exported.latency_sum_ns[i] / 1e9)
+            batch.add_metric(key, histograms.cumulative_buckets(exported.batch_buckets, histograms.BATCH_BOUNDS_ROWS),
+                             float(exported.batch_sum_rows))
             usd_per_hour, stats = telemetry.price.usd_per_hour, telemetry.stats
             price.add_metric(key + [labels.device], usd_per_hour)
             cost.add_metric(key, cost_usd(usd_per_hour, stats.busy_ns))

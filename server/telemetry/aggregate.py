@@ -29,6 +29,17 @@ VECTOR_LEN = _COUNTERS_AT + len(COUNTERS)
 
 
 @dataclass(frozen=True, slots=True)
+class Export:
+    """A consistent copy of what a scrape reads: Prometheus buckets and sums, and PSI per feature."""
+
+    latency_buckets: np.ndarray  # (metric, bucket) counts, METRICS order
+    latency_sum_ns: np.ndarray  # per metric
+    batch_buckets: np.ndarray
+    batch_sum_rows: int
+    drift_psi: dict[str, float] | None  # None without a drift profile
+
+
+@dataclass(frozen=True, slots=True)
 class ModelLabels:
     """The label values of one served model: all from the repository, never from a request."""
 
@@ -62,6 +73,7 @@ class ModelTelemetry:
         self.batch_buckets = np.zeros(len(histograms.BATCH_BOUNDS) + 1, np.int64)
         self.batch_sum_rows = 0
         self._has_failed = False
+        self._has_drift_failed = False
         stats.sink = self.fold
 
     def fold(self) -> None:
@@ -75,16 +87,34 @@ class ModelTelemetry:
                 logger.exception("model '%s': telemetry could not fold its samples; latencies may lag",
                                  self.labels.model)
 
+    def export(self) -> Export:
+        """Folds, then copies under the lock the fold writes under (scrapes run on the metrics thread)."""
+        self.fold()
+        with self._lock:
+            return Export(self.latency_buckets.copy(), self.latency_sum_ns.copy(), self.batch_buckets.copy(),
+                          self.batch_sum_rows, self.drift.current() if self.drift is not None else None)
+
     def _fold_locked(self) -> None:
         stats = self.stats
         batches = _drain(stats.batch_log)
         values = [np.array(_drain(stats.e2e_ns), np.int64), np.array(_drain(stats.queue_ns), np.int64)]
         log = np.array(batches, np.int64).reshape(-1, 4)  # rows, requests, compute_ns, busy_ns
         values.append(np.repeat(log[:, 2], log[:, 1]))  # each request saw its batch's compute time
+        if any(len(v) for v in values):
+            self._fold_samples(values, log)
         if self.drift is not None and stats.drift_pending:
-            self.drift.fold(stats.drift_pending)
-        if not any(len(v) for v in values):
-            return
+            # Apart from the latencies, which are already folded: a drift failure must not lose them.
+            try:
+                self.drift.fold(stats.drift_pending)
+            except Exception:
+                stats.drift_pending.clear()
+                if not self._has_drift_failed:
+                    self._has_drift_failed = True
+                    logger.exception("model '%s': drift could not fold its sampled batches; PSI is stale",
+                                     self.labels.model)
+
+    def _fold_samples(self, values: list[np.ndarray], log: np.ndarray) -> None:
+        stats = self.stats
         vector = np.zeros(VECTOR_LEN, np.int64)
         for i, samples in enumerate(values):
             vector[i * sketch.BUCKETS:(i + 1) * sketch.BUCKETS] = sketch.bucket_counts(samples)

@@ -112,7 +112,9 @@ class DriftMonitor:
         arrays = [inputs[self.profile.input] for batch in batches for inputs in batch if self.profile.input in inputs]
         if not arrays:
             return
-        values = np.concatenate([np.asarray(a).reshape(len(a), -1) for a in arrays])
+        # Rows of the profile's width, with or without a batch dim (a model with max_batch_size 0).
+        width = len(self.profile.features)
+        values = np.concatenate([np.asarray(a).reshape(-1, width) for a in arrays])
         self._windows.add(self._clock_ns(), self._bin_counts(values, self.profile.edges))
         self._check()
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from infergate.batching.stats import ModelStats
-from infergate.server.telemetry import histograms
+from infergate.server.telemetry import drift, histograms
 from infergate.server.telemetry.aggregate import ModelLabels, ModelTelemetry
 from infergate.server.telemetry.cost import Price
 
@@ -57,3 +58,22 @@ def test_histogram_bounds_are_inclusive_upper() -> None:
     assert counts[0] == 1 and counts[1] == 1 and counts[-1] == 1
     pairs = histograms.cumulative_buckets(counts, histograms.LATENCY_BOUNDS_S)
     assert pairs[0] == ("4.7e-05", 1.0) and pairs[-1] == ("+Inf", 3.0)
+
+
+def test_a_failing_drift_fold_keeps_the_latencies(caplog: pytest.LogCaptureFixture) -> None:
+    clock, stats = Clock(), ModelStats()
+    telemetry = ModelTelemetry(stats, ModelLabels("m", "1"), Price(3.6, "test"), clock_ns=clock)
+    profile = drift.build_profile(np.random.default_rng(0).normal(size=(1000, 3)), "INPUT0")
+    telemetry.drift = drift.DriftMonitor("m", profile, threshold=0.2)
+    stats.e2e_ns.extend([1_000_000] * 10)
+    stats.queue_ns.extend([100_000] * 10)
+    stats.batch_log.append((10, 10, 500_000, 500_000))
+    stats.drift_pending.append([{"INPUT0": np.zeros((2, 5))}])  # 10 values: not rows of 3 features
+    stats.last_done_ns = clock.now_ns
+    with caplog.at_level("ERROR"):
+        assert telemetry.summary("all")["requests"] == 10
+    assert "drift could not fold" in caplog.text and not stats.drift_pending
+    # Without a batch dim (max_batch_size 0) a request's input is one row of the profile's width.
+    stats.drift_pending.append([{"INPUT0": np.zeros(3)}])
+    telemetry.fold()
+    assert not stats.drift_pending
