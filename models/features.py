@@ -102,7 +102,8 @@ class FeatureStage:
         for target in self.targets:
             for source in target.sources:
                 source.transform.warm_up()
-        batch = {spec.name: _zeros(spec, rows) for spec in self.client_inputs}
+        batch = {spec.name: _zeros(spec, rows) if self.is_batched else _zeros(spec, 1)[0]
+                 for spec in self.client_inputs}
         fastest_s = float("inf")
         for _ in range(WARMUP_RUNS):
             start = time.perf_counter()

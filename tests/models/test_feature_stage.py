@@ -54,6 +54,7 @@ def test_short_form_feeds_the_only_input_of_an_unbatched_model() -> None:
     out = stage.assemble([{"X": np.array([1.0, 3.0, 5.0], np.float32)}])
     np.testing.assert_allclose(out["X"], [0.0, 1.0, 2.0])
     assert out["X"].shape == (3,) and out["X"].dtype == np.float64
+    assert stage.warm_up(1) < 1.0  # zeros without a batch dim are a valid input
 
 
 def test_request_errors_name_the_raw_input_column_and_value() -> None:
