@@ -166,3 +166,7 @@ def check_plan(plan: LoadPlan) -> None:
         raise BenchError(f"--rate {list(plan.rates)}: each must be above 0")
     if plan.sweep_mode is not None and (plan.sweep.start <= 0 or plan.sweep.factor <= 1) and not plan.sweep.steps:
         raise BenchError("--sweep-start must be above 0 and --sweep-factor above 1")
+    least = 1 if plan.sweep_mode == "closed" else 0  # concurrencies are whole clients; rates any positive
+    if plan.sweep_mode is not None and any(step <= 0 or step < least for step in plan.sweep.steps):
+        raise BenchError(f"--sweep-steps {list(plan.sweep.steps)}: each must be "
+                         f"{'at least 1 (clients)' if least else 'above 0 (requests/s)'}")

@@ -159,8 +159,6 @@ async def _closed_loop(spec: WorkerSpec, calls: list[Any], rec: _Recorder) -> No
                 if tickets[0] <= 0:
                     return
                 tickets[0] -= 1
-            elif now >= rec.w1:
-                return
             i = counter[0] % len(spec.requests)
             counter[0] += 1
             rec.sends.append(now)

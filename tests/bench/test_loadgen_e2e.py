@@ -132,6 +132,8 @@ def _closed_port() -> int:
     (["--model", "classifier", "--rate", "50000"],
      "--rate 50000/s is beyond what 1 client process(es) can generate (at most ~20000/s each): add --processes"),
     (["--model", "classifier"], "nothing to measure: give --concurrency, --rate or --sweep"),
+    (["--model", "classifier", "--sweep", "rate", "--sweep-steps", "0", "--requests", "100"],
+     "--sweep-steps [0.0]: each must be above 0 (requests/s)"),
 ])
 def test_bad_input_gets_a_clear_message_and_exit_2(bench_server: ServerProcess, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str], args: list[str],
