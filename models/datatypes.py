@@ -43,3 +43,9 @@ def protocol_name(dtype: np.dtype) -> str:
 def item_size(datatype: str) -> int:
     """Bytes per element on the wire; 0 for BYTES (variable length)."""
     return 0 if datatype == "BYTES" else NUMPY_DTYPES[datatype].itemsize
+
+
+def zeros(shape: tuple[int, ...], datatype: str) -> np.ndarray:
+    """A tensor of zeros of a protocol datatype (empty byte strings for BYTES): warm-up input."""
+    dtype = NUMPY_DTYPES[datatype]
+    return np.full(shape, b"", dtype=object) if dtype.kind == "O" else np.zeros(shape, dtype=dtype)

@@ -27,6 +27,7 @@ import numpy as np
 from infergate.kernels import KernelError, Pipeline, TokenHasher, from_config
 from infergate.kernels.pipeline import PIPELINE_FILENAME
 from infergate.models.config import ModelSpec, TensorSpec
+from infergate.models.datatypes import NUMPY_DTYPES, zeros
 from infergate.models.errors import ConfigError, InvalidInput
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,8 @@ logger = logging.getLogger(__name__)
 FEATURES_PARAMETER = "feature_pipeline"  # config.pbtxt parameter: a file beside config.pbtxt, or inline JSON
 FORMAT = "infergate.features/1"  # the long form's "format" tag
 PIPELINE_DATATYPES = ("FP32", "FP64")  # raw datatypes a numeric pipeline accepts
-OUTPUT_DATATYPES = {"FP32": "float32", "FP64": "float64"}  # model input datatype -> pipeline output_dtype
+# Model input datatype -> the pipeline output_dtype that feeds it.
+OUTPUT_DATATYPES = {datatype: NUMPY_DTYPES[datatype].name for datatype in PIPELINE_DATATYPES}
 WARMUP_RUNS = 3  # full-batch transform runs at load; the fastest is the transform's share of a batch
 
 Transform = Pipeline | TokenHasher
@@ -129,10 +131,7 @@ def _token_rows(values: list[np.ndarray]) -> Any:
 
 
 def _zeros(spec: TensorSpec, rows: int) -> np.ndarray:
-    dims = tuple(1 if d == -1 else d for d in spec.dims)
-    if spec.datatype == "BYTES":
-        return np.full((rows, *dims), b"0", dtype=object)
-    return np.zeros((rows, *dims), dtype=np.float64 if spec.datatype == "FP64" else np.float32)
+    return zeros((rows, *(1 if d == -1 else d for d in spec.dims)), spec.datatype)
 
 
 def find_declaration(spec: ModelSpec, model_dir: Path) -> tuple[str, dict[str, Any]] | None:

@@ -11,7 +11,7 @@ from typing import TypeVar
 import numpy as np
 
 from infergate.models.config import ModelSpec, TensorSpec, build_spec, read_config
-from infergate.models.datatypes import NUMPY_DTYPES
+from infergate.models.datatypes import NUMPY_DTYPES, zeros
 from infergate.models.errors import ConfigError, ModelNotFound
 from infergate.models.features import FeatureStage, build_stage, find_declaration
 from infergate.models.runtime import Runtime, check_signature, create_runtime
@@ -98,7 +98,8 @@ def warmup_batches(spec: ModelSpec) -> list[tuple[dict[str, np.ndarray], int]]:
         rows = max(warmup.batch_size, 1)
         inputs = {}
         for name, data in warmup.inputs.items():
-            dtype = NUMPY_DTYPES[_protocol_type(data.data_type)]
+            datatype = _protocol_type(data.data_type)
+            dtype = NUMPY_DTYPES[datatype]
             shape = ((rows,) if spec.max_batch_size > 0 else ()) + tuple(int(d) for d in data.dims)
             source = data.WhichOneof("input_data_type")
             if source == "random_data" and dtype.kind in "iuf":
@@ -106,7 +107,7 @@ def warmup_batches(spec: ModelSpec) -> list[tuple[dict[str, np.ndarray], int]]:
             elif source == "input_data_file":
                 raise ConfigError(f"model '{spec.name}': model_warmup '{warmup.name}' input_data_file is not supported")
             else:
-                inputs[name] = np.zeros(shape, dtype=dtype) if dtype.kind != "O" else np.full(shape, b"", dtype=object)
+                inputs[name] = zeros(shape, datatype)
         batches.append((inputs, max(warmup.count, 1)))
     if batches or not spec.inputs:
         return batches
@@ -115,8 +116,7 @@ def warmup_batches(spec: ModelSpec) -> list[tuple[dict[str, np.ndarray], int]]:
     for tensor in spec.inputs:
         dims = tuple(1 if d == -1 else d for d in (tensor.dims))
         shape = ((rows,) if spec.max_batch_size > 0 else ()) + dims
-        dtype = NUMPY_DTYPES[tensor.datatype]
-        inputs[tensor.name] = np.zeros(shape, dtype=dtype) if dtype.kind != "O" else np.full(shape, b"", dtype=object)
+        inputs[tensor.name] = zeros(shape, tensor.datatype)
     return [(inputs, DEFAULT_WARMUP_RUNS)]
 
 

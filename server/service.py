@@ -11,10 +11,10 @@ from typing import Any
 import grpc
 
 from infergate.batching.stats import Duration, ModelStats
-from infergate.models.errors import InferError, ModelNotFound, NotAllowed, Unsupported
+from infergate.models.errors import ModelNotFound, NotAllowed, Unsupported
 from infergate.proto import grpc_service_pb2 as pb
 from infergate.server.codec import decode_request, encode_response
-from infergate.server.errors import status_of
+from infergate.server.errors import code_of, status_of
 from infergate.server.registry import READY, ModelRegistry, ServedModel
 from infergate.server.shared_memory import SharedMemoryRegions
 from infergate.server.telemetry.hub import Telemetry
@@ -106,7 +106,7 @@ class InferenceService:
         except BaseException as exc:
             failed_ns = time.monotonic_ns()
             stats.in_flight -= 1
-            code = _code_name(exc)
+            code = code_of(exc).name
             stats.request_failed(failed_ns - received_ns, code)
             if trace_parent is not None:
                 self._trace(trace_parent, served, request, received_ns, failed_ns, future, code)
@@ -233,15 +233,6 @@ class InferenceService:
         if not self.is_explicit_control:
             raise NotAllowed(f"explicit model {action} is not allowed: start the server with "
                              "--model-control-mode explicit")
-
-
-def _code_name(exc: BaseException) -> str:
-    """The gRPC status code name a failure reaches the client with (as status_of maps it, without its log)."""
-    if isinstance(exc, InferError):
-        return exc.status.value
-    if isinstance(exc, asyncio.CancelledError):
-        return "CANCELLED"
-    return "INTERNAL"
 
 
 def _fill_statistics(out: pb.ModelStatistics, served: ServedModel) -> None:
