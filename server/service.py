@@ -263,7 +263,7 @@ UNARY_METHODS = (
 )
 
 
-def _guarded(method: str, handler: Handler) -> Handler:
+def guarded(method: str, handler: Handler) -> Handler:
     """Wraps a handler so every error leaves through status_of (one mapping, exact messages)."""
 
     async def call(request: Any, context: Any) -> Any:
@@ -299,7 +299,7 @@ def generic_handler(service: InferenceService) -> grpc.GenericRpcHandler:
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(service.ModelStreamInfer, **codec)
         elif method.name in UNARY_METHODS:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _guarded(method.name, getattr(service, method.name)), **codec)
+                guarded(method.name, getattr(service, method.name)), **codec)
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(_unsupported(method.name), **codec)
     return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)

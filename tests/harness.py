@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 READY_LINE = re.compile(r"gRPC on (\S+?)(?:;|$)")
 METRICS_LINE = re.compile(r"metrics on http://(\S+)/metrics")
 START_TIMEOUT_S = 60.0
+# Extra `infergate serve` flags for every server the tests start, e.g. "--transport grpcio" or
+# "--workers 2": .ci/run reruns tests/server under each, so every transport passes the same tests.
+EXTRA_SERVE_ARGS = tuple(os.environ.get("INFERGATE_TEST_SERVE_ARGS", "").split())
 
 
 def has_torch() -> bool:
@@ -48,7 +51,7 @@ class ServerProcess:
 def start_server(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
     """Starts `python -m infergate.server serve ARGS` and waits for its ready line."""
     command = [sys.executable, "-m", "infergate.server", "serve", "--grpc-address", "127.0.0.1:0",
-               "--metrics-address", "127.0.0.1:0", *args]
+               "--metrics-address", "127.0.0.1:0", *EXTRA_SERVE_ARGS, *args]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                                env={**os.environ, **(env or {})})
     log: list[str] = []

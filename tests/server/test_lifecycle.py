@@ -12,7 +12,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from harness import start_server
+from harness import EXTRA_SERVE_ARGS, start_server
 
 
 def _input(value: np.ndarray) -> grpcclient.InferInput:
@@ -53,6 +53,10 @@ def test_explicit_model_control(test_repository: Path) -> None:
 
 def test_unix_socket_sidecar(test_repository: Path, tmp_path: Path) -> None:
     socket = tmp_path / "infergate.sock"
+    if "--workers" in EXTRA_SERVE_ARGS:  # worker processes cannot share a socket path: refused up front
+        with pytest.raises(RuntimeError, match="exited with 2"):
+            start_server("--model-repository", str(test_repository), "--grpc-address", f"unix:{socket}")
+        return
     server = start_server("--model-repository", str(test_repository), "--grpc-address", f"unix:{socket}",
                           "--model-control-mode", "explicit", "--load-model", "classifier")
     try:

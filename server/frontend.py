@@ -1,0 +1,199 @@
+"""A front-end worker process: terminates gRPC on the shared port and forwards every call to the engine.
+
+With `infergate serve --workers N` (N > 1), N of these share the gRPC port (SO_REUSEPORT) so the
+HTTP/2 and protobuf framing, which bound a single Python process, runs on every core. Request
+bodies cross to the engine as the bytes the client sent, and responses come back serialized, so a
+worker never parses a tensor. Models, batchers, statistics and metrics stay in the engine, one copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from infergate.proto import _pool
+from infergate.proto import grpc_service_pb2 as pb
+from infergate.server import ipc
+from infergate.server.loop import LOOPS, run_on_loop
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = "inference.GRPCInferenceService"
+STATUS_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
+METHODS = tuple(m.name for m in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods)
+
+
+class EngineLink(ipc.FramedProtocol):
+    """The worker's end of the Unix socket to the engine: one future per call in flight."""
+
+    def __init__(self) -> None:
+        super().__init__(ipc.REPLY, lambda fields: fields[2])
+        self.pending: dict[int, asyncio.Future[tuple[int, bytes]]] = {}
+        self.closed = asyncio.get_running_loop().create_future()
+        self._ids = itertools.count(1)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for future in self.pending.values():
+            if not future.done():
+                future.set_result((grpc.StatusCode.UNAVAILABLE.value[0], b"the infergate engine process has exited"))
+        self.pending.clear()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def on_frame(self, fields: tuple[Any, ...], body: bytes) -> None:
+        future = self.pending.pop(fields[0], None)
+        if future is not None and not future.done():
+            future.set_result((fields[1], body))
+
+    def send(self, kind: int, method: int, body: bytes, timeout_s: float = ipc.NO_TIMEOUT,
+             metadata: bytes = b"", call_id: int = 0) -> None:
+        assert self.writer is not None
+        self.writer.write(ipc.REQUEST.pack(call_id, kind, method, len(metadata), len(body), timeout_s), metadata, body)
+
+    async def call(self, kind: int, method: int, body: bytes, timeout_s: float, metadata: bytes) -> tuple[int, bytes]:
+        if self.closed.done():
+            return grpc.StatusCode.UNAVAILABLE.value[0], b"the infergate engine process has exited"
+        call_id = next(self._ids)
+        future: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
+        self.pending[call_id] = future
+        self.send(kind, method, body, timeout_s, metadata, call_id)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if self.pending.pop(call_id, None) is not None:
+                self.send(ipc.CANCEL, method, b"", call_id=call_id)
+            raise
+
+
+def _call_context(context: Any) -> tuple[float, bytes]:
+    """The client's remaining time and the trace headers, the only parts of the call the engine needs."""
+    remaining_s = context.time_remaining()
+    forwarded = tuple((k, v) for k, v in context.invocation_metadata() or () if k in ipc.FORWARDED_METADATA)
+    return (ipc.NO_TIMEOUT if remaining_s is None else remaining_s), ipc.encode_metadata(forwarded)
+
+
+def _unary(link: EngineLink, method: int) -> Callable[[bytes, Any], Awaitable[bytes]]:
+    async def call(request: bytes, context: Any) -> bytes:
+        timeout_s, metadata = _call_context(context)
+        code, body = await link.call(ipc.CALL, method, request, timeout_s, metadata)
+        if code:
+            await context.abort(STATUS_BY_VALUE[code], body.decode())
+        return body
+
+    call.__name__ = METHODS[method]
+    return call
+
+
+def _stream(link: EngineLink, method: int) -> Callable[[AsyncIterator[bytes], Any], AsyncIterator[bytes]]:
+    """ModelStreamInfer, pipelined as in the engine: each request goes on as it arrives, responses in order."""
+
+    async def call(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+        pending: asyncio.Queue[asyncio.Future[tuple[int, bytes]] | None] = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    timeout_s, metadata = _call_context(context)
+                    pending.put_nowait(asyncio.ensure_future(
+                        link.call(ipc.STREAM_ITEM, method, request, timeout_s, metadata)))
+            finally:
+                pending.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (item := await pending.get()) is not None:
+                code, body = await item
+                if code:
+                    await context.abort(STATUS_BY_VALUE[code], body.decode())
+                yield body
+            await reader
+        finally:
+            reader.cancel()
+            while not pending.empty():
+                if (item := pending.get_nowait()) is not None:
+                    item.cancel()
+
+    return call
+
+
+def forwarding_handler(link: EngineLink) -> grpc.GenericRpcHandler:
+    """Every method of inference.GRPCInferenceService, bytes in and bytes out."""
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for index, name in enumerate(METHODS):
+        if name == "ModelStreamInfer":
+            handlers[name] = grpc.stream_stream_rpc_method_handler(_stream(link, index))
+        else:
+            handlers[name] = grpc.unary_unary_rpc_method_handler(_unary(link, index))
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+
+
+async def serve(index: int, engine: str, grpc_address: str, max_message_bytes: int, exit_timeout_s: float) -> int:
+    """Connects to the engine, listens on the shared port, and runs until a signal or the engine's exit."""
+    loop = asyncio.get_running_loop()
+    _, link = await loop.create_unix_connection(EngineLink, sock=ipc.connect(engine))
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 1),  # the port is shared by every worker; the engine checked it was free
+    ])
+    server.add_generic_rpc_handlers((forwarding_handler(link),))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    _pool.add_grpc_service_protos()
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+                                        server, pool=_pool.POOL)
+    try:
+        server.add_insecure_port(grpc_address)
+    except RuntimeError as exc:
+        logger.error("worker %d cannot listen on --grpc-address %s: %s", index, grpc_address, exc)
+        return 1
+    await server.start()
+    for service in ("", SERVICE_NAME):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    link.send(ipc.HELLO, 0, f"{index} {os.getpid()}".encode())
+
+    should_exit = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, should_exit.set)
+    stopping = asyncio.ensure_future(should_exit.wait())
+    done, _ = await asyncio.wait((stopping, link.closed), return_when=asyncio.FIRST_COMPLETED)
+    is_engine_gone = link.closed in done
+    stopping.cancel()
+    await health_servicer.enter_graceful_shutdown()
+    if is_engine_gone:
+        logger.error("worker %d: the engine process has gone; exiting", index)
+        await server.stop(0)
+        return 1
+    await server.stop(exit_timeout_s)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infergate.server.frontend")
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--engine", required=True, help="the engine's Unix socket ('@name': abstract)")
+    parser.add_argument("--grpc-address", required=True)
+    parser.add_argument("--max-message-bytes", type=int, required=True)
+    parser.add_argument("--exit-timeout-s", type=float, default=30.0)
+    parser.add_argument("--loop", choices=LOOPS, default="auto")
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format=f"%(asctime)s %(levelname)s %(name)s[worker {args.index}]: %(message)s")
+    return run_on_loop(serve(args.index, args.engine, args.grpc_address, args.max_message_bytes,
+                             args.exit_timeout_s), args.loop)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
