@@ -119,6 +119,22 @@ def test_queue_limit_and_priority_range(executor: ThreadPoolExecutor) -> None:
     asyncio.run(run())
 
 
+def test_a_burst_at_an_idle_model_counts_only_what_must_wait(executor: ThreadPoolExecutor) -> None:
+    """Arrivals in one loop turn are decided together: those a free instance takes are not 'waiting'."""
+    async def run() -> None:
+        model = GatedModel()
+        limits = BatchLimits(max_batch_size=1, default_queue_policy=QueuePolicy(max_queue_size=2))
+        batcher = DynamicBatcher("m", limits, model, executor, instance_count=2)
+        model.gate.clear()
+        burst = [batcher.submit(rows(i), 1) for i in range(4)]  # two start at once, two wait
+        with pytest.raises(QueueFull, match="2 requests already waiting"):
+            batcher.submit(rows(9), 1)
+        model.gate.set()
+        assert [r["Y"][0, 0] for r in await asyncio.gather(*burst)] == [0.0, 2.0, 4.0, 6.0]
+
+    asyncio.run(run())
+
+
 def test_cancelled_and_expired_requests_are_never_run(executor: ThreadPoolExecutor) -> None:
     async def run() -> None:
         model = GatedModel()
