@@ -14,7 +14,7 @@ import gzip
 import logging
 import struct
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, cast
 
 import grpc
@@ -44,6 +44,10 @@ CONNECTION_WINDOW_BYTES = 64 * 1024 * 1024  # the same, over all calls of a conn
 DEFAULT_WINDOW_BYTES = 65535  # HTTP/2's initial window, for both directions until SETTINGS change it
 MAX_WINDOW_BYTES = 2**31 - 1
 MAX_GRPC_MESSAGE_BYTES = 8 * 1024  # longer error messages are cut to this before they go into trailers
+HEADER_CACHE_ENTRIES = 64  # distinct reference-only header blocks remembered per connection
+
+# (path, is gRPC content-type, grpc-timeout in seconds or -1, grpc-encoding, forwarded trace metadata)
+RequestFields = tuple[bytes, bool, float, bytes | None, tuple[tuple[str, str], ...]]
 
 # Our header blocks use HPACK literals without indexing, so they stay valid whatever the peer's table.
 RESPONSE_HEADERS = b"\x88" + b"\x0f\x10\x10application/grpc"  # :status 200 (static 8), content-type (static 31)
@@ -173,6 +177,7 @@ class Http2Connection(asyncio.Protocol):
         self.send_window = DEFAULT_WINDOW_BYTES
         self.unacked_bytes = 0
         self.continuation: tuple[int, int, bytearray] | None = None
+        self.header_cache: dict[bytes, RequestFields] = {}
         self.is_going_away = False
         self.drained: asyncio.Future[None] | None = None
         self.writer: FrameWriter | None = None
@@ -330,10 +335,8 @@ class Http2Connection(asyncio.Protocol):
                 self._flush_stream(stream)
 
     def _on_headers(self, stream_id: int, flags: int, block: bytes) -> None:
-        try:
-            headers = self.decoder.decode(block, raw=True)
-        except HPACKError as exc:
-            self._fail(COMPRESSION_ERROR, f"the request headers could not be decoded: {exc}")
+        fields = self._request_fields(block)
+        if fields is None:
             return
         if stream_id <= self.last_stream_id:
             if (stream := self.streams.get(stream_id)) is not None and flags & END_STREAM:
@@ -343,36 +346,43 @@ class Http2Connection(asyncio.Protocol):
         if self.is_going_away or len(self.streams) >= MAX_CONCURRENT_STREAMS:
             self.write(frame(RST_STREAM, 0, stream_id, struct.pack(">I", REFUSED_STREAM)))
             return
-        path = content_type = encoding = None
-        timeout_s = -1.0
-        metadata: list[tuple[str, str]] = []
-        for name, value in headers:
-            if name == b":path":
-                path = value
-            elif name == b"content-type":
-                content_type = value
-            elif name == b"grpc-timeout":
-                try:
-                    timeout_s = parse_timeout_s(value)
-                except ValueError:
-                    timeout_s = 0.0  # grpcio treats an unreadable timeout as one already passed
-            elif name == b"grpc-encoding":
-                encoding = value
-            elif name == b"traceparent" or name == b"tracestate":
-                metadata.append((name.decode(), value.decode("latin-1")))
-        if content_type is None or not content_type.startswith(b"application/grpc"):
+        path, is_grpc, timeout_s, encoding, metadata = fields
+        if not is_grpc:
             self.write(frame(HEADERS, END_HEADERS | END_STREAM, stream_id, UNSUPPORTED_MEDIA_HEADERS))
             return
-        route = self.routes.get(path)  # type: ignore[arg-type]
-        stream = Stream(stream_id, route or _NO_ROUTE, self, ForwardedContext(timeout_s, tuple(metadata)), encoding)
+        route = self.routes.get(path)
+        stream = Stream(stream_id, route or _NO_ROUTE, self, ForwardedContext(timeout_s, metadata), encoding)
         self.streams[stream_id] = stream
         if route is None:
             self.finish(stream, grpc.StatusCode.UNIMPLEMENTED.value[0],
-                        f"method {(path or b'').decode('latin-1')} is not served here")
+                        f"method {path.decode('latin-1')} is not served here")
         elif timeout_s >= 0:
             stream.timer = self._loop.call_later(timeout_s, self._deadline_passed, stream)
         if flags & END_STREAM:
             self._on_remote_end(stream)
+
+    def _request_fields(self, block: bytes) -> RequestFields | None:
+        """What a header block asks for; None after a decoding error (the connection is then closed).
+
+        gRPC clients send each call's headers as HPACK references to entries indexed by earlier
+        calls, usually the same few bytes every time. A block of only such references does not
+        change the decoder's table, so its meaning is fixed until a block with literals arrives:
+        those results are cached, and the cache is emptied whenever the table may have changed."""
+        cache = self.header_cache
+        if (fields := cache.get(block)) is not None:
+            return fields
+        try:
+            headers = self.decoder.decode(block, raw=True)
+        except HPACKError as exc:
+            self._fail(COMPRESSION_ERROR, f"the request headers could not be decoded: {exc}")
+            return None
+        fields = _parse_request_headers(headers)  # type: ignore[arg-type]  # raw=True gives bytes pairs
+        is_references_only = bool(block) and min(block) >= 0x80 and max(block) < 0xFF
+        if not is_references_only or len(cache) >= HEADER_CACHE_ENTRIES:
+            cache.clear()
+        if is_references_only:
+            cache[block] = fields
+        return fields
 
     def _on_data(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
@@ -604,6 +614,26 @@ class Http2Connection(asyncio.Protocol):
         if (stream.is_done and stream.is_remote_closed and not stream.outbox and stream.trailers is None
                 and self.streams.pop(stream.id, None) is not None and self.is_going_away):
             self._close_if_idle()
+
+
+def _parse_request_headers(headers: Iterable[tuple[bytes, bytes]]) -> RequestFields:
+    path, is_grpc, timeout_s, encoding = b"", False, -1.0, None
+    metadata: list[tuple[str, str]] = []
+    for name, value in headers:
+        if name == b":path":
+            path = value
+        elif name == b"content-type":
+            is_grpc = value.startswith(b"application/grpc")
+        elif name == b"grpc-timeout":
+            try:
+                timeout_s = parse_timeout_s(value)
+            except ValueError:
+                timeout_s = 0.0  # grpcio treats an unreadable timeout as one already passed
+        elif name == b"grpc-encoding":
+            encoding = value
+        elif name == b"traceparent" or name == b"tracestate":
+            metadata.append((name.decode(), value.decode("latin-1")))
+    return path, is_grpc, timeout_s, encoding, tuple(metadata)
 
 
 def _strip_padding(flags: int, payload: bytes) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import struct
 import time
@@ -235,6 +236,22 @@ def test_parse_timeout(value: bytes, seconds: float) -> None:
 def test_parse_timeout_rejects(value: bytes) -> None:
     with pytest.raises(ValueError):
         http2.parse_timeout_s(value)
+
+
+def test_cached_header_blocks_follow_the_decoder_table() -> None:
+    """The same reference-only bytes mean a new path once a literal has changed the HPACK table."""
+    async def run() -> list[bytes]:
+        connection = http2.Http2Connection({}, 1024, set())
+        literal = b"\x40" + http2.literal_header(b":path", b"/x/A")[1:]  # literal with incremental indexing
+        content_type = http2.literal_header(b"content-type", b"application/grpc")
+        paths = []
+        for block in (literal + content_type, b"\xbe", b"\xbe", literal.replace(b"/x/A", b"/x/B"), b"\xbe"):
+            fields = connection._request_fields(block)
+            assert fields is not None
+            paths.append(fields[0])
+        return paths
+
+    assert asyncio.run(run()) == [b"/x/A", b"/x/A", b"/x/A", b"/x/B", b"/x/B"]
 
 
 def test_status_trailers_decode_and_percent_encode() -> None:
