@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import gzip
 import logging
 import struct
 import zlib
@@ -43,7 +42,7 @@ STREAM_WINDOW_BYTES = 8 * 1024 * 1024  # how much a client may send on a call be
 CONNECTION_WINDOW_BYTES = 64 * 1024 * 1024  # the same, over all calls of a connection
 DEFAULT_WINDOW_BYTES = 65535  # HTTP/2's initial window, for both directions until SETTINGS change it
 MAX_WINDOW_BYTES = 2**31 - 1
-MAX_GRPC_MESSAGE_BYTES = 8 * 1024  # longer error messages are cut to this before they go into trailers
+MAX_GRPC_MESSAGE_BYTES = 4 * 1024  # encoded grpc-message cap: grpc clients refuse big metadata
 HEADER_CACHE_ENTRIES = 64  # distinct reference-only header blocks remembered per connection
 
 # (path, is gRPC content-type, grpc-timeout in seconds or -1, grpc-encoding, forwarded trace metadata)
@@ -53,7 +52,8 @@ RequestFields = tuple[bytes, bool, float, bytes | None, tuple[tuple[str, str], .
 RESPONSE_HEADERS = b"\x88" + b"\x0f\x10\x10application/grpc"  # :status 200 (static 8), content-type (static 31)
 UNSUPPORTED_MEDIA_HEADERS = b"\x08\x03415"  # :status 415, for a request that is not gRPC
 TIMEOUT_UNITS_S = {ord("H"): 3600.0, ord("M"): 60.0, ord("S"): 1.0, ord("m"): 1e-3, ord("u"): 1e-6, ord("n"): 1e-9}
-DECOMPRESSORS: dict[bytes, Callable[[bytes], bytes]] = {b"gzip": gzip.decompress, b"deflate": zlib.decompress}
+ZLIB_WBITS = {b"gzip": 31, b"deflate": 15}  # grpc-encoding -> zlib's wbits (gzip wrapper, zlib wrapper)
+MAX_STREAM_REPLIES = 256  # a stream's requests in work before it gets no more window (backpressure)
 
 
 def _hpack_int(value: int, prefix_bits: int, first: int = 0) -> bytes:
@@ -76,7 +76,11 @@ def literal_header(name: bytes, value: bytes) -> bytes:
 def status_trailers(code: int, message: str) -> bytes:
     block = literal_header(b"grpc-status", str(code).encode())
     if message:
-        block += literal_header(b"grpc-message", percent_encode(message.encode()[:MAX_GRPC_MESSAGE_BYTES]))
+        encoded = percent_encode(message.encode())
+        while len(encoded) > MAX_GRPC_MESSAGE_BYTES:  # cut whole characters, never half of one
+            message = message[:len(message) * 3 // 4]
+            encoded = percent_encode(message.encode())
+        block += literal_header(b"grpc-message", encoded)
     return block
 
 
@@ -89,7 +93,7 @@ def percent_encode(message: bytes) -> bytes:
 
 def parse_timeout_s(value: bytes) -> float:
     """grpc-timeout ('100m', '5S', ...) in seconds; raises ValueError when malformed."""
-    if not 2 <= len(value) <= 9 or value[-1] not in TIMEOUT_UNITS_S:
+    if not 2 <= len(value) <= 9 or value[-1] not in TIMEOUT_UNITS_S or not value[:-1].isdigit():
         raise ValueError(value)
     return int(value[:-1]) * TIMEOUT_UNITS_S[value[-1]]
 
@@ -124,7 +128,7 @@ class Stream:
 
     __slots__ = ("id", "route", "connection", "context", "inbox", "request", "encoding", "send_window", "outbox",
                  "trailers", "is_headers_sent", "is_remote_closed", "is_done", "task", "replies", "timer",
-                 "unacked_bytes", "is_discarding", "on_close")
+                 "unacked_bytes", "is_discarding", "on_close", "is_remote_ending", "recv_window")
 
     def __init__(self, stream_id: int, route: Route, connection: Http2Connection, context: ForwardedContext,
                  encoding: bytes | None) -> None:
@@ -146,6 +150,8 @@ class Stream:
         self.timer: asyncio.TimerHandle | None = None
         self.unacked_bytes = 0
         self.is_discarding = False
+        self.is_remote_ending = False  # the frame being read carries END_STREAM
+        self.recv_window = STREAM_WINDOW_BYTES  # what the client may still send before our next WINDOW_UPDATE
         self.on_close: Callable[[], None] | None = None
 
     def send_message(self, body: bytes) -> None:
@@ -176,6 +182,7 @@ class Http2Connection(asyncio.Protocol):
         self.peer_max_frame = 16384
         self.send_window = DEFAULT_WINDOW_BYTES
         self.unacked_bytes = 0
+        self.recv_window = CONNECTION_WINDOW_BYTES  # what the client may still send on the connection
         self.continuation: tuple[int, int, bytearray] | None = None
         self.header_cache: dict[bytes, RequestFields] = {}
         self.is_going_away = False
@@ -198,6 +205,16 @@ class Http2Connection(asyncio.Protocol):
             self._drop(stream)
         if self.drained is not None and not self.drained.done():
             self.drained.set_result(None)
+
+    def pause_writing(self) -> None:
+        # The client is not reading what we send: stop reading from it, so a peer that floods
+        # PINGs or calls without reading answers cannot make the server buffer without bound.
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def write(self, header: bytes, *parts: bytes) -> None:
         assert self.writer is not None
@@ -271,6 +288,9 @@ class Http2Connection(asyncio.Protocol):
                 self._fail(PROTOCOL_ERROR, f"HEADERS on stream {stream_id}, which a client cannot open")
                 return
             block = _strip_padding(flags, payload)
+            if block is None:
+                self._fail(PROTOCOL_ERROR, f"HEADERS on stream {stream_id} has more padding than payload")
+                return
             if flags & PRIORITY_FLAG:
                 block = block[5:]
             if flags & END_HEADERS:
@@ -282,12 +302,18 @@ class Http2Connection(asyncio.Protocol):
                 self._fail(PROTOCOL_ERROR, "CONTINUATION without the HEADERS it continues")
                 return
             self.continuation[2].extend(payload)
+            if len(self.continuation[2]) > 2 * MAX_HEADER_LIST_BYTES:
+                self._fail(PROTOCOL_ERROR, f"a header block above {2 * MAX_HEADER_LIST_BYTES} bytes")
+                return
             if flags & END_HEADERS:
                 first_id, first_flags, pieces = self.continuation
                 self.continuation = None
                 self._on_headers(first_id, first_flags, bytes(pieces))
         elif kind == WINDOW_UPDATE:
-            self._on_window_update(stream_id, int.from_bytes(payload[:4], "big") & 0x7FFFFFFF)
+            if len(payload) != 4:
+                self._fail(FRAME_SIZE_ERROR, f"a WINDOW_UPDATE of {len(payload)} bytes (expected 4)")
+                return
+            self._on_window_update(stream_id, int.from_bytes(payload, "big") & 0x7FFFFFFF)
         elif kind == SETTINGS:
             if not flags & ACK:
                 self._on_settings(payload)
@@ -327,9 +353,16 @@ class Http2Connection(asyncio.Protocol):
 
     def _on_window_update(self, stream_id: int, increment: int) -> None:
         if stream_id == 0:
+            if increment == 0 or self.send_window + increment > MAX_WINDOW_BYTES:
+                self._fail(PROTOCOL_ERROR if increment == 0 else FLOW_CONTROL_ERROR,
+                           f"a connection WINDOW_UPDATE of {increment} (window {self.send_window})")
+                return
             self.send_window += increment
             self._flush_blocked()
         elif (stream := self.streams.get(stream_id)) is not None:
+            if increment == 0 or stream.send_window + increment > MAX_WINDOW_BYTES:
+                self._reset(stream, PROTOCOL_ERROR if increment == 0 else FLOW_CONTROL_ERROR)
+                return
             stream.send_window += increment
             if stream.id in self.blocked:
                 self._flush_stream(stream)
@@ -352,6 +385,7 @@ class Http2Connection(asyncio.Protocol):
             return
         route = self.routes.get(path)
         stream = Stream(stream_id, route or _NO_ROUTE, self, ForwardedContext(timeout_s, metadata), encoding)
+        stream.is_remote_ending = bool(flags & END_STREAM)
         self.streams[stream_id] = stream
         if route is None:
             self.finish(stream, grpc.StatusCode.UNIMPLEMENTED.value[0],
@@ -388,23 +422,44 @@ class Http2Connection(asyncio.Protocol):
         if stream_id == 0:
             self._fail(PROTOCOL_ERROR, "DATA on stream 0")
             return
-        self.unacked_bytes += len(payload)
+        size = len(payload)
+        self.recv_window -= size
+        if self.recv_window < 0:
+            self._fail(FLOW_CONTROL_ERROR, f"DATA beyond the connection window, by {-self.recv_window} bytes")
+            return
+        self.unacked_bytes += size
         if self.unacked_bytes >= CONNECTION_WINDOW_BYTES // 4:
             self.write(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", self.unacked_bytes)))
+            self.recv_window += self.unacked_bytes
             self.unacked_bytes = 0
         stream = self.streams.get(stream_id)
         if stream is None:
             return  # a call we already answered or dropped
         data = _strip_padding(flags, payload)
+        if data is None:
+            self._fail(PROTOCOL_ERROR, f"DATA on stream {stream_id} has more padding than payload")
+            return
+        stream.recv_window -= size
+        if stream.recv_window < 0:
+            self._reset(stream, FLOW_CONTROL_ERROR)
+            return
+        if flags & END_STREAM:
+            stream.is_remote_ending = True
         if not stream.is_discarding and not stream.is_done:
             if not flags & END_STREAM:
-                stream.unacked_bytes += len(payload)
-                if stream.unacked_bytes >= STREAM_WINDOW_BYTES // 2:
-                    self.write(frame(WINDOW_UPDATE, 0, stream_id, struct.pack(">I", stream.unacked_bytes)))
-                    stream.unacked_bytes = 0
+                stream.unacked_bytes += size
+                self._credit(stream)
             self._on_stream_bytes(stream, data)
         if flags & END_STREAM:
             self._on_remote_end(stream)
+
+    def _credit(self, stream: Stream) -> None:
+        """Gives a call its window back once half is used, unless its requests pile up unanswered:
+        a streaming client faster than the model then waits, as grpcio would make it."""
+        if stream.unacked_bytes >= STREAM_WINDOW_BYTES // 2 and len(stream.replies) < MAX_STREAM_REPLIES:
+            self.write(frame(WINDOW_UPDATE, 0, stream.id, struct.pack(">I", stream.unacked_bytes)))
+            stream.recv_window += stream.unacked_bytes
+            stream.unacked_bytes = 0
 
     def _on_stream_bytes(self, stream: Stream, data: bytes) -> None:
         inbox = stream.inbox
@@ -428,18 +483,10 @@ class Http2Connection(asyncio.Protocol):
 
     def _on_message(self, stream: Stream, flag: int, message: bytes) -> None:
         if flag:
-            decompress = DECOMPRESSORS.get(stream.encoding or b"")
-            try:
-                if decompress is None:
-                    raise ValueError(f"grpc-encoding {stream.encoding!r} is not supported (gzip, deflate are)")
-                message = decompress(message)
-                if len(message) > self.max_message_bytes:
-                    raise ValueError(f"Received message larger than max ({len(message)} vs. "
-                                     f"{self.max_message_bytes}) after decompression")
-            except (ValueError, OSError, zlib.error) as exc:
-                stream.is_discarding = True
-                self.finish(stream, grpc.StatusCode.INTERNAL.value[0], f"cannot decompress the request: {exc}")
+            decompressed = self._decompress(stream, message)
+            if decompressed is None:
                 return
+            message = decompressed
         route = stream.route
         if route.unary is not None:
             if stream.request is not None:
@@ -454,6 +501,32 @@ class Http2Connection(asyncio.Protocol):
             reply.add_done_callback(lambda _: self._send_replies(stream))
         elif route.watch is not None:
             route.watch(message, stream)
+
+    def _decompress(self, stream: Stream, message: bytes) -> bytes | None:
+        """A compressed message's bytes, never more than max_message_bytes; None when the call was failed."""
+        stream.is_discarding = True  # until it decompresses cleanly
+        wbits = ZLIB_WBITS.get(stream.encoding or b"")
+        if wbits is None:
+            self.finish(stream, grpc.StatusCode.UNIMPLEMENTED.value[0],
+                        f"grpc-encoding {(stream.encoding or b'').decode('latin-1')!r} is not supported; "
+                        "send identity, gzip or deflate")
+            return None
+        decompressor = zlib.decompressobj(wbits)
+        try:
+            message = decompressor.decompress(message, self.max_message_bytes + 1)
+        except zlib.error as exc:
+            self.finish(stream, grpc.StatusCode.INTERNAL.value[0], f"cannot decompress the request message: {exc}")
+            return None
+        if len(message) > self.max_message_bytes:
+            self.finish(stream, grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+                        f"Received message larger than max (more than {self.max_message_bytes} bytes decompressed)")
+            return None
+        if not decompressor.eof:
+            self.finish(stream, grpc.StatusCode.INTERNAL.value[0],
+                        "cannot decompress the request message: it is truncated")
+            return None
+        stream.is_discarding = False
+        return message
 
     def _on_remote_end(self, stream: Stream) -> None:
         if stream.is_remote_closed:
@@ -496,6 +569,8 @@ class Http2Connection(asyncio.Protocol):
                 self.finish(stream, code.value[0], message)
                 return
             self.send_message(stream, reply.result())
+        if stream.unacked_bytes and not stream.is_remote_closed:
+            self._credit(stream)
         if not replies and stream.is_remote_closed and not stream.is_done:
             self.finish(stream)
 
@@ -503,6 +578,8 @@ class Http2Connection(asyncio.Protocol):
         stream.timer = None
         if not stream.is_done:
             self.finish(stream, grpc.StatusCode.DEADLINE_EXCEEDED.value[0], "Deadline Exceeded")
+        elif stream.outbox or stream.trailers is not None:
+            self._reset(stream, CANCEL)  # the answer is stuck behind the client's window: give up on it
 
     # -- writing -------------------------------------------------------------------------
 
@@ -560,7 +637,7 @@ class Http2Connection(asyncio.Protocol):
         if stream.timer is not None:
             stream.timer.cancel()
             stream.timer = None
-        if not stream.is_remote_closed:
+        if not stream.is_remote_closed and not stream.is_remote_ending:
             # The answer is complete: tell the client to stop sending on this call.
             self.write(frame(RST_STREAM, 0, stream.id, struct.pack(">I", NO_ERROR)))
             stream.is_remote_closed = True
@@ -607,8 +684,14 @@ class Http2Connection(asyncio.Protocol):
             stream.timer.cancel()
             stream.timer = None
         stream.outbox.clear()
+        stream.trailers = None
         self.blocked.pop(stream.id, None)
         self._forget_if_closed(stream)
+
+    def _reset(self, stream: Stream, error_code: int) -> None:
+        """A stream error: RST_STREAM with the code, and the call is dropped."""
+        self.write(frame(RST_STREAM, 0, stream.id, struct.pack(">I", error_code)))
+        self._drop(stream)
 
     def _forget_if_closed(self, stream: Stream) -> None:
         if (stream.is_done and stream.is_remote_closed and not stream.outbox and stream.trailers is None
@@ -636,10 +719,13 @@ def _parse_request_headers(headers: Iterable[tuple[bytes, bytes]]) -> RequestFie
     return path, is_grpc, timeout_s, encoding, tuple(metadata)
 
 
-def _strip_padding(flags: int, payload: bytes) -> bytes:
+def _strip_padding(flags: int, payload: bytes) -> bytes | None:
+    """The frame's content without its padding; None when the pad length is impossible."""
     if not flags & PADDED:
         return payload
-    return payload[1:len(payload) - payload[0]] if payload else payload
+    if not payload or payload[0] >= len(payload):
+        return None
+    return payload[1:len(payload) - payload[0]]
 
 
 async def _no_such_method(body: bytes, context: Any) -> bytes:

@@ -46,6 +46,7 @@ class Health:
     def __init__(self) -> None:
         self.statuses: dict[str, int] = {}
         self.watchers: dict[str, set[Stream]] = {}
+        self.is_ending = False  # shutting down: a new Watch gets the status and ends at once
 
     def set(self, service: str, status: int) -> None:
         self.statuses[service] = status
@@ -76,9 +77,12 @@ class Health:
         stream.on_close = lambda: watchers.discard(stream)
         status = self.statuses.get(service, SERVICE_UNKNOWN)
         stream.send_message(health_pb2.HealthCheckResponse(status=status).SerializeToString())
+        if self.is_ending:
+            stream.finish()
 
     def end_watches(self) -> None:
         """At shutdown, after the last status went out: end every Watch call cleanly."""
+        self.is_ending = True
         for watchers in self.watchers.values():
             for stream in list(watchers):
                 stream.finish()

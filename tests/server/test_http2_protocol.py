@@ -1,0 +1,272 @@
+"""The native HTTP/2 transport against misbehaving peers, driven frame by frame over a fake transport."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import struct
+import tracemalloc
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+import hpack
+import pytest
+
+from infergate.server import http2
+from infergate.server.http2 import (
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    GOAWAY,
+    HEADERS,
+    PREFACE,
+    RST_STREAM,
+    SETTINGS,
+    WINDOW_UPDATE,
+    Http2Connection,
+    Route,
+    frame,
+)
+
+BIG_REPLY = b"x" * 200_000  # above the default 65,535-byte window
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.out += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def _headers(path: str, *extra: tuple[str, str]) -> bytes:
+    return hpack.Encoder().encode([(":method", "POST"), (":scheme", "http"), (":path", path), (":authority", "x"),
+                                   ("content-type", "application/grpc"), *extra])
+
+
+def _message(body: bytes, flag: int = 0) -> bytes:
+    return bytes((flag,)) + len(body).to_bytes(4, "big") + body
+
+
+def _frames(out: bytes) -> list[tuple[int, int, int, bytes]]:
+    frames, i = [], 0
+    while i + 9 <= len(out):
+        length_kind, flags, stream_id = http2.FRAME.unpack_from(out, i)
+        end = i + 9 + (length_kind >> 8)
+        frames.append((length_kind & 0xFF, flags, stream_id, bytes(out[i + 9:end])))
+        i = end
+    return frames
+
+
+def _status(transport: FakeTransport, stream_id: int) -> tuple[bytes, str] | None:
+    """(grpc-status, decoded grpc-message) of a stream's trailers, or None if it has none."""
+    for kind, flags, sid, payload in _frames(transport.out):
+        if kind == HEADERS and sid == stream_id and flags & END_STREAM:
+            fields = dict(hpack.Decoder().decode(payload, raw=True))
+            return fields[b"grpc-status"], unquote_to_bytes(fields.get(b"grpc-message", b"")).decode()
+    return None
+
+
+def run(test: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(test())
+
+
+async def _connect(routes: dict[bytes, Route], max_message_bytes: int = 64 << 20) -> tuple[Http2Connection,
+                                                                                             FakeTransport]:
+    connection, transport = Http2Connection(routes, max_message_bytes, set()), FakeTransport()
+    connection.connection_made(transport)  # type: ignore[arg-type]
+    connection.data_received(PREFACE + frame(SETTINGS, 0, 0))
+    return connection, transport
+
+
+async def _big(body: bytes, context: Any) -> bytes:
+    return BIG_REPLY
+
+
+async def _small(body: bytes, context: Any) -> bytes:
+    return b"ok:" + body
+
+
+ROUTES = {b"/big": Route(unary=_big), b"/small": Route(unary=_small)}
+
+
+def test_a_reset_while_the_answer_waits_for_window_forgets_the_call() -> None:
+    async def scenario() -> None:
+        connection, _ = await _connect(ROUTES)
+        connection.data_received(frame(HEADERS, END_HEADERS, 1, _headers("/big")) + frame(DATA, END_STREAM, 1,
+                                                                                          _message(b"r")))
+        await asyncio.sleep(0.01)
+        assert connection.streams[1].trailers is not None  # blocked behind the window
+        connection.data_received(frame(RST_STREAM, 0, 1, struct.pack(">I", http2.CANCEL)))
+        assert 1 not in connection.streams and not connection.blocked
+
+    run(scenario)
+
+
+def test_a_deadline_while_the_answer_waits_for_window_resets_it() -> None:
+    async def scenario() -> None:
+        connection, transport = await _connect(ROUTES)
+        connection.data_received(frame(HEADERS, END_HEADERS, 1, _headers("/big", ("grpc-timeout", "50m")))
+                                 + frame(DATA, END_STREAM, 1, _message(b"r")))
+        await asyncio.sleep(0.2)
+        connection.flush_writes()
+        assert 1 not in connection.streams
+        assert (RST_STREAM, 0, 1, struct.pack(">I", http2.CANCEL)) in _frames(transport.out)
+
+    run(scenario)
+
+
+def test_a_truncated_gzip_message_fails_its_call_only() -> None:
+    async def scenario() -> None:
+        connection, transport = await _connect(ROUTES)
+        connection.data_received(frame(HEADERS, END_HEADERS, 1, _headers("/small", ("grpc-encoding", "gzip")))
+                                 + frame(DATA, END_STREAM, 1, _message(gzip.compress(b"hello")[:-8], flag=1)))
+        connection.data_received(frame(HEADERS, END_HEADERS, 3, _headers("/small", ("grpc-encoding", "gzip")))
+                                 + frame(DATA, END_STREAM, 3, _message(gzip.compress(b"hello"), flag=1)))
+        await asyncio.sleep(0.01)
+        connection.flush_writes()
+        assert _status(transport, 1) == (b"13", "cannot decompress the request message: it is truncated")
+        assert _status(transport, 3) == (b"0", "")
+        assert not transport.closed
+
+    run(scenario)
+
+
+def test_a_decompression_bomb_stops_at_the_message_limit() -> None:
+    async def scenario() -> None:
+        connection, transport = await _connect(ROUTES, max_message_bytes=1 << 20)
+        bomb = gzip.compress(b"\0" * (200 << 20))
+        tracemalloc.start()
+        connection.data_received(frame(HEADERS, END_HEADERS, 1, _headers("/small", ("grpc-encoding", "gzip")))
+                                 + frame(DATA, END_STREAM, 1, _message(bomb, flag=1)))
+        peak_bytes = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        connection.flush_writes()
+        assert peak_bytes < 16 << 20
+        assert _status(transport, 1) == (b"8", "Received message larger than max (more than 1048576 bytes "
+                                                "decompressed)")
+
+    run(scenario)
+
+
+def test_an_unknown_encoding_is_unimplemented() -> None:
+    async def scenario() -> None:
+        connection, transport = await _connect(ROUTES)
+        connection.data_received(frame(HEADERS, END_HEADERS, 1, _headers("/small", ("grpc-encoding", "snappy")))
+                                 + frame(DATA, END_STREAM, 1, _message(b"x", flag=1)))
+        connection.flush_writes()
+        assert _status(transport, 1) == (b"12", "grpc-encoding 'snappy' is not supported; send identity, gzip or "
+                                                "deflate")
+
+    run(scenario)
+
+
+def test_a_continuation_flood_closes_the_connection() -> None:
+    async def scenario() -> None:
+        connection, transport = await _connect(ROUTES)
+        connection.data_received(frame(HEADERS, 0, 1, _headers("/small")))
+        for _ in range(50):
+            if transport.closed:
+                break
+            connection.data_received(frame(CONTINUATION, 0, 1, b"\x00" * 16384))
+        assert transport.closed
+        assert any(kind == GOAWAY for kind, _, _, _ in _frames(transport.out))
+
+    run(scenario)
+
+
+def test_no_reset_after_the_client_already_ended_its_side() -> None:
+    async def scenario() -> None:
+        connection, transport = await _connect(ROUTES)
+        connection.data_received(frame(HEADERS, END_HEADERS | END_STREAM, 1, _headers("/nope")))
+        connection.flush_writes()
+        assert _status(transport, 1) is not None
+        assert not any(kind == RST_STREAM for kind, _, _, _ in _frames(transport.out))
+        assert 1 not in connection.streams
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(("bad", "code"), [
+    (frame(DATA, http2.PADDED, 1, b"\x09abc"), http2.PROTOCOL_ERROR),  # pad length beyond the payload
+    (frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", 0)), http2.PROTOCOL_ERROR),
+    (frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", 2**31 - 1)), http2.FLOW_CONTROL_ERROR),
+])
+def test_protocol_violations_end_the_connection(bad: bytes, code: int) -> None:
+    async def scenario() -> None:
+        connection, transport = await _connect(ROUTES)
+        connection.data_received(frame(HEADERS, END_HEADERS, 1, _headers("/small")) + bad)
+        goaways = [p for kind, _, _, p in _frames(transport.out) if kind == GOAWAY]
+        assert transport.closed and goaways and struct.unpack(">I", goaways[0][4:8])[0] == code
+
+    run(scenario)
+
+
+def test_data_beyond_the_window_is_a_flow_control_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http2, "MAX_STREAM_REPLIES", 0)  # no credit is ever given back
+
+    async def scenario() -> None:
+        never = asyncio.Event()
+
+        async def stuck(body: bytes, context: Any) -> bytes:
+            await never.wait()
+            return b""
+
+        connection, transport = await _connect({b"/stream": Route(per_message=stuck)})
+        connection.data_received(frame(HEADERS, END_HEADERS, 1, _headers("/stream")))
+        chunk = frame(DATA, 0, 1, _message(b"\0" * (512 << 10)))
+        for _ in range(http2.STREAM_WINDOW_BYTES // (512 << 10) + 1):
+            connection.data_received(chunk)
+        connection.flush_writes()
+        assert (RST_STREAM, 0, 1, struct.pack(">I", http2.FLOW_CONTROL_ERROR)) in _frames(transport.out)
+        assert 1 not in connection.streams
+
+    run(scenario)
+
+
+def test_a_streaming_client_faster_than_the_model_gets_no_more_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http2, "MAX_STREAM_REPLIES", 4)
+    gate = asyncio.Event
+
+    async def scenario() -> None:
+        opened = gate()
+
+        async def slow(body: bytes, context: Any) -> bytes:
+            await opened.wait()
+            return b"done"
+
+        connection, transport = await _connect({b"/stream": Route(per_message=slow)})
+        connection.data_received(frame(HEADERS, END_HEADERS, 1, _headers("/stream")))
+        message = frame(DATA, 0, 1, _message(b"\0" * (512 << 10)))
+        for _ in range(10):  # 5 MiB, past the half-window credit point, with 10 requests unanswered
+            connection.data_received(message)
+        connection.flush_writes()
+        assert not [f for f in _frames(transport.out) if f[0] == WINDOW_UPDATE and f[2] == 1]
+        opened.set()
+        await asyncio.sleep(0.01)
+        connection.flush_writes()
+        assert [f for f in _frames(transport.out) if f[0] == WINDOW_UPDATE and f[2] == 1]
+
+    run(scenario)
+
+
+def test_long_error_messages_are_cut_whole_characters_under_the_cap() -> None:
+    block = http2.status_trailers(3, "\u00e9" * 10_000)
+    message = dict(hpack.Decoder().decode(block, raw=True))[b"grpc-message"]
+    assert len(message) <= http2.MAX_GRPC_MESSAGE_BYTES
+    assert set(unquote_to_bytes(message).decode()) == {"\u00e9"}
