@@ -102,7 +102,9 @@ def markdown(doc: dict[str, Any]) -> str:
         lat = p["latency_ms"]
         notes = "; ".join(("CLIENT-LIMITED: " if p["client_limited"] else "") + w for w in p["warnings"])
         if p.get("slo_ok") is not None:
-            notes = ("SLO held" if p["slo_ok"] else "SLO broken") + (f"; {notes}" if notes else "")
+            verdict = "SLO held" if p["slo_ok"] else ("SLO not judged (the client was the limit)"
+                                                      if p["client_limited"] else "SLO broken")
+            notes = verdict + (f"; {notes}" if notes else "")
         server_cpu = "-" if p.get("server_cpu_pct") is None else f"{p['server_cpu_pct']:.0f} %"
         rows.append([p["target"], p["model"], _load(p), f"{p['throughput_per_s']:,.0f}", f"{p['sent_per_s']:,.0f}",
                      *(_ms(lat.get(k)) for k in ("p50", "p90", "p95", "p99", "p99.9")), _errors(p),

@@ -97,6 +97,17 @@ def test_slo_and_goodput() -> None:
     assert goodput([_point(slo_ok=False)]) is None
 
 
+def test_report_tells_a_broken_slo_from_an_unjudged_one() -> None:
+    """A client-limited point does not count toward goodput, but its P99 did not break the SLO."""
+    from infergate.bench.loadgen import report
+
+    points = [_point(slo_ok=False, latency_ms={"p99": 80.0}),
+              _point(slo_ok=False, client_limited=True, warnings=["a client process used 99% of a core"])]
+    text = report.markdown(report.document(report.host_metadata(), "infergate bench ...", {}, {"t": {}}, points))
+    assert "| SLO broken |" in text
+    assert "| SLO not judged (the client was the limit); CLIENT-LIMITED: a client process used 99% of a core |" in text
+
+
 def test_client_verdict_names_a_rate_the_client_could_not_generate() -> None:
     warnings, limited = client_verdict(_point(), cores=2)
     assert (warnings, limited) == ([], False)
