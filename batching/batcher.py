@@ -125,7 +125,7 @@ class DynamicBatcher:
             )
         queue = self._queues[level - 1]
         policy = self.limits.policy_for(level)
-        if policy.max_queue_size and len(queue) - self._startable_rows(level) >= policy.max_queue_size:
+        if policy.max_queue_size and len(queue) - self._startable_requests(level) >= policy.max_queue_size:
             raise QueueFull(self.model, policy.max_queue_size)
         loop = self._loop or self._bind_loop()
         now_ns = self._clock_ns()
@@ -152,11 +152,12 @@ class DynamicBatcher:
             loop.call_soon(self._schedule)
         return request.future
 
-    def _startable_rows(self, level: int) -> int:
-        """Requests of this priority level the next decision can start at once: they are not waiting.
+    def _startable_requests(self, level: int) -> int:
+        """At most how many queued requests of this level the next decision starts at once (not waiting).
 
         Arrivals in one event-loop turn are decided together, so without this a burst reaching an
-        idle model would count the requests about to run against max_queue_size."""
+        idle model would count the requests about to run against max_queue_size. Each request has
+        at least one row, so the free rows bound the requests that can start."""
         free_rows = self._free_instances * max(self.limits.max_batch_size, 1)
         return max(0, free_rows - sum(len(q) for q in self._queues[:level - 1]))
 

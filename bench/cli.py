@@ -142,7 +142,9 @@ def command_line() -> str:
 
 def exit_status(points: list[Any]) -> int:
     """1 when a point measured the client rather than the server, or got wrong answers."""
-    bad = [p for p in points if p.client_limited or "WRONG_ANSWER" in p.errors]
+    from infergate.bench.loadgen.worker import WRONG_ANSWER
+
+    bad = [p for p in points if p.client_limited or WRONG_ANSWER in p.errors]
     return 1 if bad else 0
 
 

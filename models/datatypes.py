@@ -1,6 +1,8 @@
-"""Tensor datatypes: protocol names, config enum names, and their NumPy dtypes."""
+"""Tensor datatypes: protocol names, config enum names, their NumPy dtypes, and BYTES on the wire."""
 
 from __future__ import annotations
+
+import struct
 
 import numpy as np
 
@@ -30,6 +32,14 @@ WIRE_DTYPES: dict[str, np.dtype] = {
 CONFIG_TO_PROTOCOL: dict[str, str] = {f"TYPE_{name}": name for name in NUMPY_DTYPES if name != "BYTES"}
 CONFIG_TO_PROTOCOL["TYPE_STRING"] = "BYTES"
 
+# InferTensorContents field per datatype, for tensors sent as typed `contents` instead of raw bytes.
+CONTENTS_FIELDS = {
+    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+}
+BYTES_LENGTH = struct.Struct("<I")  # each BYTES element on the wire: 4-byte little-endian length, then data
+
 _BY_NUMPY = {dt: name for name, dt in NUMPY_DTYPES.items()}
 
 
@@ -49,3 +59,13 @@ def zeros(shape: tuple[int, ...], datatype: str) -> np.ndarray:
     """A tensor of zeros of a protocol datatype (empty byte strings for BYTES): warm-up input."""
     dtype = NUMPY_DTYPES[datatype]
     return np.full(shape, b"", dtype=object) if dtype.kind == "O" else np.zeros(shape, dtype=dtype)
+
+
+def encode_bytes(array: np.ndarray) -> bytes:
+    """Serializes a BYTES tensor: each element as a 4-byte little-endian length + data."""
+    parts = []
+    for item in array.reshape(-1):
+        data = item if isinstance(item, bytes) else str(item).encode()
+        parts.append(BYTES_LENGTH.pack(len(data)))
+        parts.append(data)
+    return b"".join(parts)

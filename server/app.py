@@ -15,8 +15,9 @@ from grpc_reflection.v1alpha import reflection
 from infergate.proto import _pool
 from infergate.server import routes
 from infergate.server.http2 import Http2Server
+from infergate.server.protocol import SERVICE_NAME
 from infergate.server.registry import ModelRegistry
-from infergate.server.service import SERVICE_NAME, InferenceService, generic_handler
+from infergate.server.service import InferenceService, generic_handler
 from infergate.server.telemetry.hub import Telemetry
 from infergate.server.telemetry.options import TelemetryOptions
 from infergate.server.workers import WorkerPool

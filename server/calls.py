@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from infergate.proto import grpc_service_pb2 as pb
+from infergate.server.errors import status_of
+from infergate.server.protocol import SERVICE
 from infergate.server.service import UNARY_METHODS, InferenceService, guarded
 
 OK = grpc.StatusCode.OK.value[0]
-METHOD_NAMES = tuple(m.name for m in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods)
 
 
 class Aborted(Exception):
@@ -43,28 +44,66 @@ class ForwardedContext:
         raise Aborted(code, details)
 
 
-@dataclass(frozen=True, slots=True)
-class Method:
-    parse: Callable[[bytes], Any]
-    handle: Callable[[Any, Any], Awaitable[Any]]
+def status_for(exc: BaseException) -> tuple[int, str]:
+    """(gRPC status code value, message) for a failed call: an abort's own, else errors.status_of's."""
+    if isinstance(exc, Aborted):
+        return exc.code.value[0], exc.details
+    code, message = status_of(exc)
+    return code.value[0], message
 
 
-def engine_methods(service: InferenceService) -> list[Method]:
-    """The handlers by method index, in the service descriptor's order (the index the workers send)."""
-    methods = []
-    for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+def parse_or_abort(parse: Callable[[bytes], Any], body: bytes, what: str) -> Any:
+    try:
+        return parse(body)
+    except DecodeError as exc:
+        raise Aborted(grpc.StatusCode.INVALID_ARGUMENT,
+                      f"the {what} request is not a valid protobuf message: {exc}") from None
+
+
+BytesMethod = Callable[[bytes, Any], Awaitable[bytes]]
+
+
+def bytes_methods(service: InferenceService) -> list[BytesMethod]:
+    """Every method as request bytes -> response bytes, by index in the service descriptor.
+
+    Failures raise (Aborted or the service's own errors), but for ModelStreamInfer, whose errors
+    travel inside its response, as on grpcio."""
+    methods: list[BytesMethod] = []
+    for method in SERVICE.methods:
         parse = getattr(pb, method.input_type.name).FromString
         if method.name == "ModelStreamInfer":
-            methods.append(Method(parse, service._stream_one))
+            methods.append(_stream_item(parse, service._stream_one))
         elif method.name in UNARY_METHODS:
-            methods.append(Method(parse, guarded(method.name, getattr(service, method.name))))
+            methods.append(_unary(method.name, parse, guarded(method.name, getattr(service, method.name))))
         else:
-            methods.append(Method(parse, _unimplemented(method.name)))
+            methods.append(_unimplemented(method.name))
     return methods
 
 
-def _unimplemented(name: str) -> Callable[[Any, Any], Awaitable[Any]]:
-    async def call(request: Any, context: Any) -> Any:
+def _unary(name: str, parse: Callable[[bytes], Any], handle: Callable[[Any, Any], Awaitable[Any]]) -> BytesMethod:
+    async def call(body: bytes, context: Any) -> bytes:
+        response = await handle(parse_or_abort(parse, body, name), context)
+        return response.SerializeToString()  # type: ignore[no-any-return]
+
+    return call
+
+
+def _stream_item(parse: Callable[[bytes], Any], stream_one: Callable[[Any, Any], Awaitable[Any]]) -> BytesMethod:
+    async def call(body: bytes, context: Any) -> bytes:
+        try:
+            request = parse(body)
+        except DecodeError as exc:
+            response = pb.ModelStreamInferResponse(
+                error_message=f"the ModelStreamInfer request is not a valid protobuf message: {exc}")
+        else:
+            response = await stream_one(request, context)
+        return response.SerializeToString()  # type: ignore[no-any-return]
+
+    return call
+
+
+def _unimplemented(name: str) -> BytesMethod:
+    async def call(body: bytes, context: Any) -> bytes:
         raise Aborted(grpc.StatusCode.UNIMPLEMENTED, f"{name} is not supported by infergate")
 
     return call

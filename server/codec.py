@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from infergate.models.config import ModelSpec, TensorSpec
-from infergate.models.datatypes import NUMPY_DTYPES, WIRE_DTYPES, protocol_name
+from infergate.models.datatypes import (
+    BYTES_LENGTH,
+    CONTENTS_FIELDS,
+    NUMPY_DTYPES,
+    WIRE_DTYPES,
+    encode_bytes,
+    protocol_name,
+)
 from infergate.models.errors import InvalidInput
 from infergate.proto import grpc_service_pb2 as pb
 from infergate.server.shared_memory import SharedMemoryRegions
 
 # InferTensorContents field holding each datatype, for requests that use `contents`.
-CONTENTS_FIELDS = {
-    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
-    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
-    "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
-}
-_LENGTH = struct.Struct("<I")
 # Tensor parameters of the system_shared_memory extension.
 SHM_REGION = "shared_memory_region"
 SHM_OFFSET = "shared_memory_offset"
@@ -173,7 +173,7 @@ def _decode_bytes(name: str, data: bytes | memoryview, count: int) -> np.ndarray
     for i in range(count):
         if offset + 4 > size:
             raise InvalidInput(f"input '{name}' BYTES raw_input_contents ends after {i} of {count} elements")
-        (length,) = _LENGTH.unpack_from(data, offset)
+        (length,) = BYTES_LENGTH.unpack_from(data, offset)
         offset += 4
         if offset + length > size:
             raise InvalidInput(
@@ -245,16 +245,6 @@ def _requested_outputs(request: pb.ModelInferRequest,
             regions[output.name] = _shm_params(f"requested output '{output.name}'", output.parameters)
         names.append(output.name)
     return names, regions
-
-
-def encode_bytes(array: np.ndarray) -> bytes:
-    """Serializes a BYTES tensor: each element as a 4-byte little-endian length + data."""
-    parts = []
-    for item in array.reshape(-1):
-        data = item if isinstance(item, bytes) else str(item).encode()
-        parts.append(_LENGTH.pack(len(data)))
-        parts.append(data)
-    return b"".join(parts)
 
 
 def encode_response(spec: ModelSpec, version: str, request_id: str, outputs: Mapping[str, np.ndarray],

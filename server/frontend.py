@@ -23,15 +23,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from infergate.proto import _pool
-from infergate.proto import grpc_service_pb2 as pb
 from infergate.server import ipc
-from infergate.server.loop import LOOPS, run_on_loop
+from infergate.server.loop import LOOPS, in_request_order, run_on_loop
+from infergate.server.protocol import METHOD_NAMES, SERVICE_NAME
 
 logger = logging.getLogger(__name__)
 
-SERVICE_NAME = "inference.GRPCInferenceService"
 STATUS_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
-METHODS = tuple(m.name for m in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods)
 
 
 class EngineLink(ipc.FramedProtocol):
@@ -91,7 +89,7 @@ def _unary(link: EngineLink, method: int) -> Callable[[bytes, Any], Awaitable[by
             await context.abort(STATUS_BY_VALUE[code], body.decode())
         return body
 
-    call.__name__ = METHODS[method]
+    call.__name__ = METHOD_NAMES[method]
     return call
 
 
@@ -99,30 +97,14 @@ def _stream(link: EngineLink, method: int) -> Callable[[AsyncIterator[bytes], An
     """ModelStreamInfer, pipelined as in the engine: each request goes on as it arrives, responses in order."""
 
     async def call(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
-        pending: asyncio.Queue[asyncio.Future[tuple[int, bytes]] | None] = asyncio.Queue()
+        def start(request: bytes) -> Awaitable[tuple[int, bytes]]:
+            timeout_s, metadata = _call_context(context)
+            return link.call(ipc.STREAM_ITEM, method, request, timeout_s, metadata)
 
-        async def read() -> None:
-            try:
-                async for request in requests:
-                    timeout_s, metadata = _call_context(context)
-                    pending.put_nowait(asyncio.ensure_future(
-                        link.call(ipc.STREAM_ITEM, method, request, timeout_s, metadata)))
-            finally:
-                pending.put_nowait(None)
-
-        reader = asyncio.ensure_future(read())
-        try:
-            while (item := await pending.get()) is not None:
-                code, body = await item
-                if code:
-                    await context.abort(STATUS_BY_VALUE[code], body.decode())
-                yield body
-            await reader
-        finally:
-            reader.cancel()
-            while not pending.empty():
-                if (item := pending.get_nowait()) is not None:
-                    item.cancel()
+        async for code, body in in_request_order(requests, start):
+            if code:
+                await context.abort(STATUS_BY_VALUE[code], body.decode())
+            yield body
 
     return call
 
@@ -130,7 +112,7 @@ def _stream(link: EngineLink, method: int) -> Callable[[AsyncIterator[bytes], An
 def forwarding_handler(link: EngineLink) -> grpc.GenericRpcHandler:
     """Every method of inference.GRPCInferenceService, bytes in and bytes out."""
     handlers: dict[str, grpc.RpcMethodHandler] = {}
-    for index, name in enumerate(METHODS):
+    for index, name in enumerate(METHOD_NAMES):
         if name == "ModelStreamInfer":
             handlers[name] = grpc.stream_stream_rpc_method_handler(_stream(link, index))
         else:

@@ -20,8 +20,7 @@ import grpc
 import hpack
 from hpack import HPACKError
 
-from infergate.server.calls import Aborted, ForwardedContext
-from infergate.server.errors import status_of
+from infergate.server.calls import Aborted, ForwardedContext, status_for
 from infergate.server.ipc import FrameWriter
 
 logger = logging.getLogger(__name__)
@@ -549,11 +548,8 @@ class Http2Connection(asyncio.Protocol):
             body = await unary(request, stream.context)
         except asyncio.CancelledError:
             return
-        except Aborted as exc:
-            self.finish(stream, exc.code.value[0], exc.details)
         except Exception as exc:
-            code, message = status_of(exc)
-            self.finish(stream, code.value[0], message)
+            self.finish(stream, *status_for(exc))
         else:
             self.send_message(stream, body, OK_TRAILERS)
 
@@ -565,8 +561,7 @@ class Http2Connection(asyncio.Protocol):
             if reply.cancelled():
                 continue
             if (exc := reply.exception()) is not None:
-                code, message = status_of(exc) if not isinstance(exc, Aborted) else (exc.code, exc.details)
-                self.finish(stream, code.value[0], message)
+                self.finish(stream, *status_for(exc))
                 return
             self.send_message(stream, reply.result())
         if stream.unacked_bytes and not stream.is_remote_closed:

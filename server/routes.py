@@ -11,33 +11,15 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from infergate.proto import _pool
-from infergate.proto import grpc_service_pb2 as pb
-from infergate.server.calls import METHOD_NAMES, Aborted, Method, engine_methods
+from infergate.server.calls import Aborted, bytes_methods, parse_or_abort
 from infergate.server.http2 import Route, Stream
-from infergate.server.service import SERVICE_NAME, InferenceService
+from infergate.server.protocol import METHOD_NAMES, SERVICE_NAME
+from infergate.server.service import InferenceService
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
 SERVING, NOT_SERVING, SERVICE_UNKNOWN = (health_pb2.HealthCheckResponse.SERVING,
                                          health_pb2.HealthCheckResponse.NOT_SERVING,
                                          health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
-
-
-def _parse(parse: Callable[[bytes], Any], body: bytes, what: str) -> Any:
-    try:
-        return parse(body)
-    except DecodeError as exc:
-        raise Aborted(grpc.StatusCode.INVALID_ARGUMENT,
-                      f"the {what} request is not a valid protobuf message: {exc}") from None
-
-
-def _unary(name: str, method: Method) -> Callable[[bytes, Any], Awaitable[bytes]]:
-    parse, handle = method.parse, method.handle
-
-    async def call(body: bytes, context: Any) -> bytes:
-        response = await handle(_parse(parse, body, name), context)
-        return response.SerializeToString()  # type: ignore[no-any-return]
-
-    return call
 
 
 class Health:
@@ -59,7 +41,7 @@ class Health:
             self.set(service, status)
 
     async def check(self, body: bytes, context: Any) -> bytes:
-        request = _parse(health_pb2.HealthCheckRequest.FromString, body, "health Check")
+        request = parse_or_abort(health_pb2.HealthCheckRequest.FromString, body, "health Check")
         if request.service not in self.statuses:
             raise Aborted(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
         response = health_pb2.HealthCheckResponse(status=self.statuses[request.service])
@@ -94,7 +76,7 @@ def _reflection() -> Callable[[bytes, Any], Awaitable[bytes]]:
         (SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME), pool=_pool.POOL)
 
     async def call(body: bytes, context: Any) -> bytes:
-        request = _parse(reflection_pb2.ServerReflectionRequest.FromString, body, "reflection")
+        request = parse_or_abort(reflection_pb2.ServerReflectionRequest.FromString, body, "reflection")
         response = next(servicer.ServerReflectionInfo(iter((request,)), context))
         return response.SerializeToString()  # type: ignore[no-any-return]
 
@@ -104,23 +86,9 @@ def _reflection() -> Callable[[bytes, Any], Awaitable[bytes]]:
 def build_routes(service: InferenceService, health: Health) -> dict[bytes, Route]:
     """Every path the transport answers, by the :path header a gRPC client sends."""
     routes: dict[bytes, Route] = {}
-    for name, method in zip(METHOD_NAMES, engine_methods(service), strict=True):
+    for name, method in zip(METHOD_NAMES, bytes_methods(service), strict=True):
         path = f"/{SERVICE_NAME}/{name}".encode()
-        if name == "ModelStreamInfer":
-            async def stream_item(body: bytes, context: Any, parse: Any = method.parse,
-                                  stream_one: Any = method.handle) -> bytes:
-                try:
-                    request = parse(body)
-                except DecodeError as exc:
-                    return pb.ModelStreamInferResponse(
-                        error_message=f"the ModelStreamInfer request is not a valid protobuf message: {exc}"
-                    ).SerializeToString()
-                response = await stream_one(request, context)
-                return response.SerializeToString()  # type: ignore[no-any-return]
-
-            routes[path] = Route(per_message=stream_item)
-        else:
-            routes[path] = Route(unary=_unary(name, method))
+        routes[path] = Route(per_message=method) if name == "ModelStreamInfer" else Route(unary=method)
     routes[f"/{HEALTH_SERVICE}/Check".encode()] = Route(unary=health.check)
     routes[f"/{HEALTH_SERVICE}/Watch".encode()] = Route(watch=health.watch)
     routes[f"/{reflection.SERVICE_NAME}/ServerReflectionInfo".encode()] = Route(per_message=_reflection())

@@ -15,13 +15,14 @@ from infergate.models.errors import ModelNotFound, NotAllowed, Unsupported
 from infergate.proto import grpc_service_pb2 as pb
 from infergate.server.codec import decode_request, encode_response
 from infergate.server.errors import code_of, status_of
+from infergate.server.loop import in_request_order
+from infergate.server.protocol import SERVICE, SERVICE_NAME
 from infergate.server.registry import READY, ModelRegistry, ServedModel
 from infergate.server.shared_memory import SharedMemoryRegions
 from infergate.server.telemetry.hub import Telemetry
 
 logger = logging.getLogger(__name__)
 
-SERVICE_NAME = "inference.GRPCInferenceService"
 SERVER_NAME = "infergate"
 # Protocol extensions this server really implements (ServerMetadata.extensions).
 EXTENSIONS = ("model_configuration", "model_repository", "schedule_policy", "statistics",
@@ -134,22 +135,8 @@ class InferenceService:
     async def ModelStreamInfer(self, requests: AsyncIterator[pb.ModelInferRequest],
                                context: Any) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Pipelined: every request is submitted as it arrives; responses go out in request order."""
-        pending: asyncio.Queue[asyncio.Future[pb.ModelStreamInferResponse] | None] = asyncio.Queue()
-
-        async def read() -> None:
-            try:
-                async for request in requests:
-                    pending.put_nowait(asyncio.ensure_future(self._stream_one(request, context)))
-            finally:
-                pending.put_nowait(None)
-
-        reader = asyncio.ensure_future(read())
-        try:
-            while (item := await pending.get()) is not None:
-                yield await item
-            await reader  # re-raises a failed read (e.g. the client cancelled)
-        finally:
-            reader.cancel()
+        async for response in in_request_order(requests, lambda request: self._stream_one(request, context)):
+            yield response
 
     async def _stream_one(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelStreamInferResponse:
         try:
@@ -288,9 +275,8 @@ def _unsupported(method: str) -> Handler:
 
 def generic_handler(service: InferenceService) -> grpc.GenericRpcHandler:
     """Builds the grpc handler for inference.GRPCInferenceService from the service's methods."""
-    service_descriptor = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     handlers: dict[str, grpc.RpcMethodHandler] = {}
-    for method in service_descriptor.methods:
+    for method in SERVICE.methods:
         request_type = getattr(pb, method.input_type.name)
         response_type = getattr(pb, method.output_type.name)
         codec = dict(request_deserializer=request_type.FromString,

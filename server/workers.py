@@ -17,13 +17,8 @@ import sys
 import time
 from typing import Any
 
-import grpc
-from google.protobuf.message import DecodeError
-
-from infergate.proto import grpc_service_pb2 as pb
 from infergate.server import ipc
-from infergate.server.calls import OK, Aborted, ForwardedContext, engine_methods
-from infergate.server.errors import status_of
+from infergate.server.calls import OK, ForwardedContext, bytes_methods, status_for
 from infergate.server.service import InferenceService
 
 logger = logging.getLogger(__name__)
@@ -61,32 +56,19 @@ class WorkerConnection(ipc.FramedProtocol):
             return
         metadata = ipc.decode_metadata(data[:metadata_bytes]) if metadata_bytes else ()
         body = data[metadata_bytes:] if metadata_bytes else data
-        self.calls[call_id] = asyncio.ensure_future(self._serve(call_id, kind, method, timeout_s, metadata, body))
+        self.calls[call_id] = asyncio.ensure_future(self._serve(call_id, method, timeout_s, metadata, body))
 
-    async def _serve(self, call_id: int, kind: int, method_index: int, timeout_s: float,
+    async def _serve(self, call_id: int, method_index: int, timeout_s: float,
                      metadata: tuple[tuple[str, str], ...], body: bytes) -> None:
-        method = self.methods[method_index]
         try:
-            request = method.parse(body)
-        except DecodeError as exc:
-            message = f"the {pb.DESCRIPTOR.services_by_name['GRPCInferenceService'].methods[method_index].name} " \
-                      f"request is not a valid protobuf message: {exc}"
-            if kind == ipc.STREAM_ITEM:
-                self._reply(call_id, OK, pb.ModelStreamInferResponse(error_message=message).SerializeToString())
-            else:
-                self._reply(call_id, grpc.StatusCode.INVALID_ARGUMENT.value[0], message.encode())
-            return
-        try:
-            response = await method.handle(request, ForwardedContext(timeout_s, metadata))
+            response = await self.methods[method_index](body, ForwardedContext(timeout_s, metadata))
         except asyncio.CancelledError:
             return  # the worker asked for it, or is gone: nobody is waiting for a reply
-        except Aborted as exc:
-            self._reply(call_id, exc.code.value[0], exc.details.encode())
         except Exception as exc:
-            code, message = status_of(exc)
-            self._reply(call_id, code.value[0], message.encode())
+            code, message = status_for(exc)
+            self._reply(call_id, code, message.encode())
         else:
-            self._reply(call_id, OK, response.SerializeToString())
+            self._reply(call_id, OK, response)
         finally:
             self.calls.pop(call_id, None)
 
@@ -124,7 +106,7 @@ class WorkerPool:
     def __init__(self, service: InferenceService, count: int, grpc_address: str, *, max_message_bytes: int,
                  exit_timeout_s: float, loop_name: str, log_level: str) -> None:
         self.service = service
-        self.methods = engine_methods(service)
+        self.methods = bytes_methods(service)
         self.count = count
         self.grpc_address = grpc_address
         self.max_message_bytes = max_message_bytes

@@ -127,8 +127,9 @@ def run(args: argparse.Namespace) -> int:
                        "harness_infer_per_s": our_tput, "harness_p50_ms": our_p50}, **result}
     out.mkdir(parents=True, exist_ok=True)
     (out / "agreement.json").write_text(json.dumps(doc, indent=1) + "\n")
-    (out / "agreement.md").write_text(_markdown(doc, pa_runs, ours))
-    print((out / "agreement.md").read_text())
+    text = _markdown(doc, pa_runs, ours)
+    (out / "agreement.md").write_text(text)
+    print(text)
     return 0 if result["agrees"] else 1
 
 

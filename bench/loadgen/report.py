@@ -18,7 +18,6 @@ from infergate.bench.perf_compare import git_commit
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 # Client-side packages whose versions every result records.
 PACKAGES = ("infergate", "grpcio", "protobuf", "numpy", "uvloop", "tritonclient", "matplotlib", "rich")
 PLOT_PERCENTILES = ("p50", "p90", "p99", "p99.9")  # drawn in the latency-vs-throughput plot

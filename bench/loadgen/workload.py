@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ import grpc
 import numpy as np
 
 from infergate.bench.loadgen.errors import BenchError
+from infergate.models.datatypes import BYTES_LENGTH, CONTENTS_FIELDS, NUMPY_DTYPES, encode_bytes
 from infergate.proto import grpc_service_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -21,23 +21,8 @@ SERVICE = "/inference.GRPCInferenceService/"
 INFER_METHOD = SERVICE + "ModelInfer"
 CONNECT_TIMEOUT_S = 5.0  # how long to wait for the target to accept a connection
 RPC_TIMEOUT_S = 10.0  # metadata and reference requests
-# Protocol datatype -> NumPy dtype (BYTES: object arrays of bytes).
-NUMPY_DTYPES: dict[str, np.dtype] = {  # type: ignore[type-arg]
-    "BOOL": np.dtype(np.bool_), "UINT8": np.dtype(np.uint8), "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32), "UINT64": np.dtype(np.uint64), "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16), "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64),
-    "BYTES": np.dtype(object),
-}
-# InferTensorContents field per datatype, for servers that answer in `contents` instead of raw bytes.
-CONTENTS_FIELDS = {
-    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
-    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
-    "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
-}
 FLOAT_RTOL = 1e-3  # batched and unbatched float results may differ in the last bits
 FLOAT_ATOL = 1e-5
-_LENGTH = struct.Struct("<I")  # BYTES elements: 4-byte little-endian length, then the bytes
 
 
 @dataclass(frozen=True)
@@ -210,13 +195,7 @@ def save_recording(path: Path, inputs: Sequence[dict[str, np.ndarray]],
 
 
 def _raw_bytes(array: np.ndarray, datatype: str) -> bytes:
-    if datatype != "BYTES":
-        return np.ascontiguousarray(array).tobytes()
-    parts = []
-    for item in array.reshape(-1):
-        data = item if isinstance(item, bytes) else str(item).encode()
-        parts += [_LENGTH.pack(len(data)), data]
-    return b"".join(parts)
+    return encode_bytes(array) if datatype == "BYTES" else np.ascontiguousarray(array).tobytes()
 
 
 def encode_request(info: ModelInfo, inputs: dict[str, np.ndarray]) -> bytes:
@@ -234,7 +213,7 @@ def encode_request(info: ModelInfo, inputs: dict[str, np.ndarray]) -> bytes:
 def _decode_bytes(data: bytes) -> list[bytes]:
     items, offset = [], 0
     while offset < len(data):
-        (length,) = _LENGTH.unpack_from(data, offset)
+        (length,) = BYTES_LENGTH.unpack_from(data, offset)
         items.append(data[offset + 4:offset + 4 + length])
         offset += 4 + length
     return items

@@ -94,6 +94,11 @@ class ModelTelemetry:
             return Export(self.latency_buckets.copy(), self.latency_sum_ns.copy(), self.batch_buckets.copy(),
                           self.batch_sum_rows, self.drift.current() if self.drift is not None else None)
 
+    def drift_psi(self) -> dict[str, float] | None:
+        """The current PSI per input (None without a drift profile), read under the fold's lock."""
+        with self._lock:
+            return self.drift.current() if self.drift is not None else None
+
     def _fold_locked(self) -> None:
         stats = self.stats
         batches = _drain(stats.batch_log)

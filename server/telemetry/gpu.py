@@ -17,12 +17,17 @@ class GpuReading:
     power_watts: float
 
 
+def _text(name: bytes | str) -> str:
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
 class Gpus:
     """NVML handles, opened once; `available` is False (and readings empty) without NVML or a GPU."""
 
     def __init__(self) -> None:
         self._nvml: Any = None
         self._handles: list[Any] = []
+        self._names: list[str] = []  # a GPU's name does not change: read once, not on every scrape
         try:
             import pynvml  # the `gpu` extra: nvidia-ml-py
         except ImportError:
@@ -31,6 +36,7 @@ class Gpus:
         try:
             pynvml.nvmlInit()
             self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+            self._names = [_text(pynvml.nvmlDeviceGetName(handle)) for handle in self._handles]
         except Exception as exc:  # NVMLError: no driver, no GPU
             logger.info("NVML present but no GPU readable (%s): no GPU telemetry", exc)
             return
@@ -41,10 +47,7 @@ class Gpus:
         return bool(self._handles)
 
     def name(self, index: int) -> str:
-        if not 0 <= index < len(self._handles):
-            return ""
-        name = self._nvml.nvmlDeviceGetName(self._handles[index])
-        return name.decode() if isinstance(name, bytes) else str(name)
+        return self._names[index] if 0 <= index < len(self._names) else ""
 
     def read(self) -> list[GpuReading]:
         """One reading per GPU; a GPU that fails to answer is left out (never a made-up value)."""

@@ -95,7 +95,7 @@ class Telemetry:
                 "price_usd_per_hour": telemetry.price.usd_per_hour, "price_source": telemetry.price.source,
                 "in_flight": telemetry.stats.in_flight,
                 "windows": {window: telemetry.summary(window) for window in WINDOWS},
-                "drift_psi": telemetry.export().drift_psi,
+                "drift_psi": telemetry.drift_psi(),  # summary() above has folded
             })
         gpus = [vars_of(r) for r in self.gpus.read()] if self.gpus is not None else []
         return {"uptime_s": round(time.time() - self.start_s, 3), "telemetry": self.options.is_enabled,

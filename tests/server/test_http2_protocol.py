@@ -63,6 +63,12 @@ def _message(body: bytes, flag: int = 0) -> bytes:
     return bytes((flag,)) + len(body).to_bytes(4, "big") + body
 
 
+def _call(stream_id: int, path: str, body: bytes, *headers: tuple[str, str], flag: int = 0) -> bytes:
+    """A whole unary call from the client: HEADERS, then one message with END_STREAM."""
+    return (frame(HEADERS, END_HEADERS, stream_id, _headers(path, *headers))
+            + frame(DATA, END_STREAM, stream_id, _message(body, flag)))
+
+
 def _frames(out: bytes) -> list[tuple[int, int, int, bytes]]:
     frames, i = [], 0
     while i + 9 <= len(out):
@@ -108,8 +114,7 @@ ROUTES = {b"/big": Route(unary=_big), b"/small": Route(unary=_small)}
 def test_a_reset_while_the_answer_waits_for_window_forgets_the_call() -> None:
     async def scenario() -> None:
         connection, _ = await _connect(ROUTES)
-        connection.data_received(frame(HEADERS, END_HEADERS, 1, _headers("/big")) + frame(DATA, END_STREAM, 1,
-                                                                                          _message(b"r")))
+        connection.data_received(_call(1, "/big", b"r"))
         await asyncio.sleep(0.01)
         assert connection.streams[1].trailers is not None  # blocked behind the window
         connection.data_received(frame(RST_STREAM, 0, 1, struct.pack(">I", http2.CANCEL)))
@@ -121,8 +126,7 @@ def test_a_reset_while_the_answer_waits_for_window_forgets_the_call() -> None:
 def test_a_deadline_while_the_answer_waits_for_window_resets_it() -> None:
     async def scenario() -> None:
         connection, transport = await _connect(ROUTES)
-        connection.data_received(frame(HEADERS, END_HEADERS, 1, _headers("/big", ("grpc-timeout", "50m")))
-                                 + frame(DATA, END_STREAM, 1, _message(b"r")))
+        connection.data_received(_call(1, "/big", b"r", ("grpc-timeout", "50m")))
         await asyncio.sleep(0.2)
         connection.flush_writes()
         assert 1 not in connection.streams
@@ -134,10 +138,9 @@ def test_a_deadline_while_the_answer_waits_for_window_resets_it() -> None:
 def test_a_truncated_gzip_message_fails_its_call_only() -> None:
     async def scenario() -> None:
         connection, transport = await _connect(ROUTES)
-        connection.data_received(frame(HEADERS, END_HEADERS, 1, _headers("/small", ("grpc-encoding", "gzip")))
-                                 + frame(DATA, END_STREAM, 1, _message(gzip.compress(b"hello")[:-8], flag=1)))
-        connection.data_received(frame(HEADERS, END_HEADERS, 3, _headers("/small", ("grpc-encoding", "gzip")))
-                                 + frame(DATA, END_STREAM, 3, _message(gzip.compress(b"hello"), flag=1)))
+        gzip_header = ("grpc-encoding", "gzip")
+        connection.data_received(_call(1, "/small", gzip.compress(b"hello")[:-8], gzip_header, flag=1))
+        connection.data_received(_call(3, "/small", gzip.compress(b"hello"), gzip_header, flag=1))
         await asyncio.sleep(0.01)
         connection.flush_writes()
         assert _status(transport, 1) == (b"13", "cannot decompress the request message: it is truncated")
@@ -152,8 +155,7 @@ def test_a_decompression_bomb_stops_at_the_message_limit() -> None:
         connection, transport = await _connect(ROUTES, max_message_bytes=1 << 20)
         bomb = gzip.compress(b"\0" * (200 << 20))
         tracemalloc.start()
-        connection.data_received(frame(HEADERS, END_HEADERS, 1, _headers("/small", ("grpc-encoding", "gzip")))
-                                 + frame(DATA, END_STREAM, 1, _message(bomb, flag=1)))
+        connection.data_received(_call(1, "/small", bomb, ("grpc-encoding", "gzip"), flag=1))
         peak_bytes = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         connection.flush_writes()
@@ -167,8 +169,7 @@ def test_a_decompression_bomb_stops_at_the_message_limit() -> None:
 def test_an_unknown_encoding_is_unimplemented() -> None:
     async def scenario() -> None:
         connection, transport = await _connect(ROUTES)
-        connection.data_received(frame(HEADERS, END_HEADERS, 1, _headers("/small", ("grpc-encoding", "snappy")))
-                                 + frame(DATA, END_STREAM, 1, _message(b"x", flag=1)))
+        connection.data_received(_call(1, "/small", b"x", ("grpc-encoding", "snappy"), flag=1))
         connection.flush_writes()
         assert _status(transport, 1) == (b"12", "grpc-encoding 'snappy' is not supported; send identity, gzip or "
                                                 "deflate")
