@@ -10,7 +10,7 @@ from setuptools import setup
 # the `infergate` namespace so no bare `server` or `models` lands in site-packages.
 SUBPACKAGES = ("proto", "server", "batching", "models", "kernels", "bench")
 # Packages nested in a top-level folder: infergate.<dotted name> lives in <folder>/<name>.
-NESTED_PACKAGES = ("server.telemetry", "bench.loadgen")
+NESTED_PACKAGES = ("server.telemetry", "server.transports", "bench.loadgen")
 
 # onnxruntime and onnxruntime-gpu cannot share an environment: CPU by default,
 # INFERGATE_GPU=1 at install time (Dockerfile.gpu) selects the CUDA build.

@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
-from infergate.proto import _pool
-from infergate.server import routes
-from infergate.server.http2 import Http2Server
-from infergate.server.protocol import SERVICE_NAME
 from infergate.server.registry import ModelRegistry
-from infergate.server.service import InferenceService, generic_handler
+from infergate.server.service import InferenceService
 from infergate.server.telemetry.hub import Telemetry
 from infergate.server.telemetry.options import TelemetryOptions
+from infergate.server.tls import TlsOptions
+from infergate.server.transports.edge import Edge, Transport
+from infergate.server.transports.select import make_transport
 from infergate.server.workers import WorkerPool
 
 logger = logging.getLogger(__name__)
@@ -41,6 +37,10 @@ class ServerOptions:
     transport: str = "native"  # in-process gRPC: "native" (server/http2.py) or "grpcio"
     loop: str = "auto"  # event loop of the worker processes (see server/loop.py)
     log_level: str = "info"  # of the worker processes
+    tls: TlsOptions | None = None  # None: plaintext
+    token_file: Path | None = None  # --grpc-auth-token-file: bearer tokens, one per line
+    restricted_protocols: tuple[str, ...] = ()  # --grpc-restricted-protocol values
+    socket_mode: int = 0o600  # permission bits of a unix: --grpc-address socket
     telemetry: TelemetryOptions = field(default_factory=TelemetryOptions)
 
 
@@ -53,13 +53,10 @@ class InferenceServer:
         self.telemetry = Telemetry(self.registry, options.telemetry)
         self.service = InferenceService(self.registry, is_explicit_control=options.model_control_mode == "explicit",
                                         telemetry=self.telemetry)
-        self.health = health.aio.HealthServicer()
+        self.edge = Edge(options.max_message_bytes, options.tls, options.token_file, options.restricted_protocols)
         self.grpc_port = 0
         self.metrics_port = 0
-        self._server: grpc.aio.Server | None = None
-        self._workers: WorkerPool | None = None
-        self._http2: Http2Server | None = None
-        self._native_health = routes.Health()
+        self.transport: Transport | None = None
         self._should_exit = asyncio.Event()
 
     async def start(self) -> None:
@@ -76,71 +73,55 @@ class InferenceServer:
             await self.registry.load_all()
         self.telemetry.attach_all()
         self.service.is_ready = True  # loading is done; nothing can call before the port is bound
-        if options.workers > 1:
-            self._workers = WorkerPool(self.service, options.workers, options.grpc_address,
-                                       max_message_bytes=options.max_message_bytes,
-                                       exit_timeout_s=options.exit_timeout_s, loop_name=options.loop,
-                                       log_level=options.log_level)
-            address = await self._workers.start()
-            self.grpc_port = int(address.rpartition(":")[2])
-        elif options.transport == "native":
-            self._http2 = Http2Server(routes.build_routes(self.service, self._native_health), options.max_message_bytes)
-            try:
-                self.grpc_port = await self._http2.start(options.grpc_address)
-            except (OSError, ValueError) as exc:
-                raise OSError(f"cannot listen on --grpc-address {options.grpc_address}: {exc}") from None
-            for service in ("", SERVICE_NAME):
-                self._native_health.set(service, routes.SERVING)
-        else:
-            await self._start_grpc()
+        self.transport = make_transport(options.transport, options.workers, self.edge, self.service,
+                                        loop_name=options.loop, log_level=options.log_level,
+                                        exit_timeout_s=options.exit_timeout_s)
+        self.grpc_port = await self._listen(self.transport, options.grpc_address)
+        await self.transport.set_serving(True)
         if options.metrics_address:
             from infergate.server.metrics import start_metrics_server
 
             host, _, port = options.metrics_address.rpartition(":")
             self.metrics_port = start_metrics_server(host or "127.0.0.1", int(port), self.registry, self.telemetry)
-        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         where = options.grpc_address if options.grpc_address.startswith("unix:") else \
             f"{options.grpc_address.rpartition(':')[0]}:{self.grpc_port}"
         ready = sum(1 for e in self.registry.entries() if e.versions)
-        logger.info("infergate %s serving %d/%d models; gRPC on %s%s (%s)", self.service.version, ready,
+        logger.info("infergate %s serving %d/%d models; gRPC on %s%s (%s%s%s)", self.service.version, ready,
                     len(self.registry.entries()), where,
                     f"; metrics on http://{options.metrics_address.rpartition(':')[0]}:{self.metrics_port}/metrics"
                     if options.metrics_address else "",
                     f"{options.workers} grpcio worker processes" if options.workers > 1
-                    else f"{options.transport} transport")
+                    else f"{options.transport} transport",
+                    ", mutual TLS" if options.tls and options.tls.is_mutual else ", TLS" if options.tls else "",
+                    "" if self.edge.access.is_open else ", access policy on")
 
-    async def _start_grpc(self) -> None:
-        """Serves gRPC in this process (--workers 1)."""
-        options = self.options
-        self._server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", options.max_message_bytes),
-            ("grpc.max_send_message_length", options.max_message_bytes),
-            ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
-        ])
-        self._server.add_generic_rpc_handlers((generic_handler(self.service),))
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        _pool.add_grpc_service_protos()
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server, pool=_pool.POOL)
+    async def _listen(self, transport: Transport, address: str) -> int:
+        """Starts the transport; a Unix socket is created with --grpc-socket-mode (0600 unless told)."""
+        if not address.startswith("unix:"):
+            return await transport.start(address)
+        path = address[len("unix:"):]
+        path = path[2:] if path.startswith("//") else path
+        # The umask closes the window between bind() and chmod(): the socket is never wider than 0600.
+        previous = os.umask(0o177)
         try:
-            self.grpc_port = self._server.add_insecure_port(options.grpc_address)
-        except RuntimeError as exc:
-            raise OSError(f"cannot listen on --grpc-address {options.grpc_address}: {exc}") from None
-        await self._server.start()
+            port = await transport.start(address)
+        finally:
+            os.umask(previous)
+        os.chmod(path, self.options.socket_mode)
+        return port
+
+    def reload_tokens(self) -> None:
+        """SIGHUP: re-read --grpc-auth-token-file here and in every worker process."""
+        self.edge.access.reload_tokens()
+        if isinstance(self.transport, WorkerPool):
+            self.transport.reload_tokens()
 
     async def stop(self) -> None:
         """Stops accepting, drains in-flight requests under exit_timeout_s, cancels the rest."""
         self.service.is_ready = False
-        await self.health.enter_graceful_shutdown()
-        if self._server is not None:
-            await self._server.stop(self.options.exit_timeout_s)
-        if self._workers is not None:
-            await self._workers.stop()
-        if self._http2 is not None:
-            self._native_health.set_all(routes.NOT_SERVING)
-            self._native_health.end_watches()
-            await self._http2.stop(self.options.exit_timeout_s)
+        if self.transport is not None:
+            await self.transport.set_serving(False)
+            await self.transport.stop(self.options.exit_timeout_s)
         await self.registry.stop(drain_timeout_s=1.0)
         self.telemetry.shutdown()
         logger.info("infergate stopped")
@@ -150,6 +131,7 @@ class InferenceServer:
         loop = asyncio.get_running_loop()
         for sig in HANDLED_SIGNALS:
             loop.add_signal_handler(sig, self._should_exit.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_tokens)
         await self.start()
         await self._should_exit.wait()
         logger.info("shutting down (waiting up to %.0f s for in-flight requests)", self.options.exit_timeout_s)

@@ -7,9 +7,11 @@ import logging
 import sys
 from pathlib import Path
 
+from infergate.server.access import AccessConfigError, AccessPolicy, parse_restricted_protocol
 from infergate.server.app import DEFAULT_MAX_MESSAGE_BYTES, InferenceServer, ServerOptions
 from infergate.server.loop import LOOPS, run_on_loop
 from infergate.server.telemetry import cli as telemetry_cli
+from infergate.server.tls import TlsConfigError, ssl_context, tls_options
 
 logger = logging.getLogger("infergate")
 
@@ -47,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="event loop: auto takes uvloop when installed (10-17%% more requests/s measured "
                             "here), else asyncio's")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    _add_security_flags(serve)
     telemetry_cli.add_serve_flags(serve)
     telemetry_cli.add_commands(commands)
     example = commands.add_parser("example-repository", help="build the example repository and print its path")
@@ -55,6 +58,47 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_parser(commands)
     return parser
+
+
+def _add_security_flags(serve: argparse.ArgumentParser) -> None:
+    """TLS and access flags, in Triton's names so a Triton command line carries over."""
+    group = serve.add_argument_group("security (Triton's flag names)")
+    group.add_argument("--grpc-use-ssl", type=_bool, nargs="?", const=True, default=False, metavar="BOOL",
+                       help="serve gRPC over TLS with --grpc-server-cert and --grpc-server-key")
+    group.add_argument("--grpc-use-ssl-mutual", type=_bool, nargs="?", const=True, default=False, metavar="BOOL",
+                       help="mutual TLS: also require a client certificate signed by --grpc-root-cert")
+    group.add_argument("--grpc-server-cert", metavar="FILE", help="PEM certificate chain the server presents")
+    group.add_argument("--grpc-server-key", metavar="FILE", help="PEM private key of --grpc-server-cert")
+    group.add_argument("--grpc-root-cert", metavar="FILE", help="PEM CA bundle that signs client certificates")
+    group.add_argument("--grpc-auth-token-file", type=Path, metavar="FILE",
+                       help="bearer tokens, one per line (re-read on SIGHUP): every RPC but health then needs "
+                            "'authorization: Bearer <token>' metadata, else UNAUTHENTICATED")
+    group.add_argument("--grpc-restricted-protocol", action="append", default=[],
+                       metavar="GROUP[,GROUP...]:KEY=VALUE",
+                       help="calls of these protocol groups (health, metadata, inference, shared-memory, "
+                            "model-config, model-repository, statistics, trace, logging) need header "
+                            "'triton-grpc-protocol-KEY: VALUE', else UNAVAILABLE (repeatable)")
+    group.add_argument("--grpc-socket-mode", type=_octal_mode, default=0o600, metavar="OCTAL",
+                       help="permission bits of a unix: --grpc-address socket (0600: this user only)")
+
+
+def _bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _octal_mode(text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"expected permission bits in octal, 0 to 777 (e.g. 600), got {text!r}")
+    return mode
 
 
 def _example_repository(dest: Path | None) -> Path:
@@ -95,6 +139,15 @@ def main(argv: list[str] | None = None) -> int:
     if not repository.is_dir():
         logger.error("--model-repository %s is not a directory", repository)
         return 2
+    try:
+        tls = tls_options(args.grpc_use_ssl, args.grpc_use_ssl_mutual, args.grpc_server_cert, args.grpc_server_key,
+                          args.grpc_root_cert)
+        if tls is not None:
+            ssl_context(tls)  # a bad certificate or key stops the server before any model loads
+        AccessPolicy(args.grpc_auth_token_file, [parse_restricted_protocol(t) for t in args.grpc_restricted_protocol])
+    except (TlsConfigError, AccessConfigError) as exc:
+        logger.error("%s", exc)
+        return 2
     options = ServerOptions(
         model_repository=repository,
         grpc_address=args.grpc_address,
@@ -107,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         transport=args.transport,
         loop=args.loop,
         log_level=args.log_level,
+        tls=tls,
+        token_file=args.grpc_auth_token_file,
+        restricted_protocols=tuple(args.grpc_restricted_protocol),
+        socket_mode=args.grpc_socket_mode,
         telemetry=telemetry_cli.telemetry_options(args),
     )
     try:

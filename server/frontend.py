@@ -19,13 +19,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
-from infergate.proto import _pool
 from infergate.server import ipc
 from infergate.server.loop import LOOPS, in_request_order, run_on_loop
 from infergate.server.protocol import METHOD_NAMES, SERVICE_NAME
+from infergate.server.transports.edge import edge_from_environment
+from infergate.server.transports.grpcio import add_health_and_reflection, bind, grpc_server, set_health
 
 logger = logging.getLogger(__name__)
 
@@ -120,34 +119,26 @@ def forwarding_handler(link: EngineLink) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
 
-async def serve(index: int, engine: str, grpc_address: str, max_message_bytes: int, exit_timeout_s: float) -> int:
+async def serve(index: int, engine: str, grpc_address: str, exit_timeout_s: float) -> int:
     """Connects to the engine, listens on the shared port, and runs until a signal or the engine's exit."""
     loop = asyncio.get_running_loop()
+    edge = edge_from_environment()
     _, link = await loop.create_unix_connection(EngineLink, sock=ipc.connect(engine))
-    server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.so_reuseport", 1),  # the port is shared by every worker; the engine checked it was free
-    ])
-    server.add_generic_rpc_handlers((forwarding_handler(link),))
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    _pool.add_grpc_service_protos()
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
-                                        server, pool=_pool.POOL)
+    server = grpc_server(edge, forwarding_handler(link), is_port_shared=True)
+    health_servicer = add_health_and_reflection(server)
     try:
-        server.add_insecure_port(grpc_address)
-    except RuntimeError as exc:
-        logger.error("worker %d cannot listen on --grpc-address %s: %s", index, grpc_address, exc)
+        bind(server, grpc_address, edge)
+    except OSError as exc:
+        logger.error("worker %d: %s", index, exc)
         return 1
     await server.start()
-    for service in ("", SERVICE_NAME):
-        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    await set_health(health_servicer, True)
     link.send(ipc.HELLO, 0, f"{index} {os.getpid()}".encode())
 
     should_exit = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, should_exit.set)
+    loop.add_signal_handler(signal.SIGHUP, edge.access.reload_tokens)
     stopping = asyncio.ensure_future(should_exit.wait())
     done, _ = await asyncio.wait((stopping, link.closed), return_when=asyncio.FIRST_COMPLETED)
     is_engine_gone = link.closed in done
@@ -166,15 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--engine", required=True, help="the engine's Unix socket ('@name': abstract)")
     parser.add_argument("--grpc-address", required=True)
-    parser.add_argument("--max-message-bytes", type=int, required=True)
     parser.add_argument("--exit-timeout-s", type=float, default=30.0)
     parser.add_argument("--loop", choices=LOOPS, default="auto")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s %(name)s[worker {args.index}]: %(message)s")
-    return run_on_loop(serve(args.index, args.engine, args.grpc_address, args.max_message_bytes,
-                             args.exit_timeout_s), args.loop)
+    return run_on_loop(serve(args.index, args.engine, args.grpc_address, args.exit_timeout_s), args.loop)
 
 
 if __name__ == "__main__":

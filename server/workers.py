@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from typing import Any
 from infergate.server import ipc
 from infergate.server.calls import OK, ForwardedContext, bytes_methods, status_for
 from infergate.server.service import InferenceService
+from infergate.server.transports.edge import Edge
 
 logger = logging.getLogger(__name__)
 
@@ -103,13 +105,13 @@ def resolve_tcp_address(address: str) -> str:
 class WorkerPool:
     """Starts N front-end workers, replaces any that die, and stops them first at shutdown."""
 
-    def __init__(self, service: InferenceService, count: int, grpc_address: str, *, max_message_bytes: int,
-                 exit_timeout_s: float, loop_name: str, log_level: str) -> None:
+    def __init__(self, service: InferenceService, count: int, edge: Edge, *, exit_timeout_s: float, loop_name: str,
+                 log_level: str) -> None:
         self.service = service
         self.methods = bytes_methods(service)
         self.count = count
-        self.grpc_address = grpc_address
-        self.max_message_bytes = max_message_bytes
+        self.grpc_address = ""
+        self.edge = edge
         self.exit_timeout_s = exit_timeout_s
         self.loop_name = loop_name
         self.log_level = log_level
@@ -121,9 +123,9 @@ class WorkerPool:
         self._server: asyncio.AbstractServer | None = None
         self._watch: asyncio.Task[None] | None = None
 
-    async def start(self) -> str:
-        """Binds the engine socket, starts the workers, and returns the address they all listen on."""
-        self.grpc_address = resolve_tcp_address(self.grpc_address)
+    async def start(self, address: str) -> int:
+        """Binds the engine socket, starts the workers listening on address, and returns its TCP port."""
+        self.grpc_address = resolve_tcp_address(address)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_unix_server(lambda: WorkerConnection(self), sock=ipc.listen(self.engine_name))
         for index in range(self.count):
@@ -131,10 +133,10 @@ class WorkerPool:
         try:
             await asyncio.wait_for(self._all_ready(), START_TIMEOUT_S)
         except BaseException:
-            await self.stop()
+            await self.stop(0.0)
             raise
         self._watch = asyncio.ensure_future(self._watch_workers())
-        return self.grpc_address
+        return int(self.grpc_address.rpartition(":")[2])
 
     async def _all_ready(self) -> None:
         while pending := [(i, f) for i, f in self._ready.items() if not f.done()]:
@@ -150,9 +152,8 @@ class WorkerPool:
         self.processes[index] = subprocess.Popen([
             sys.executable, "-m", "infergate.server.frontend", "--index", str(index),
             "--engine", self.engine_name, "--grpc-address", self.grpc_address,
-            "--max-message-bytes", str(self.max_message_bytes), "--exit-timeout-s", str(self.exit_timeout_s),
-            "--loop", self.loop_name, "--log-level", self.log_level,
-        ], stdin=subprocess.DEVNULL)
+            "--exit-timeout-s", str(self.exit_timeout_s), "--loop", self.loop_name, "--log-level", self.log_level,
+        ], stdin=subprocess.DEVNULL, env={**os.environ, **self.edge.to_environment()})
 
     def worker_ready(self, connection: WorkerConnection, index: int, pid: int) -> None:
         self.connections[index] = connection
@@ -177,7 +178,16 @@ class WorkerPool:
                 if not self.is_stopping:
                     self._spawn(index)
 
-    async def stop(self) -> None:
+    async def set_serving(self, is_serving: bool) -> None:
+        """Each worker answers health itself: SERVING once listening, NOT_SERVING once asked to stop."""
+
+    def reload_tokens(self) -> None:
+        """SIGHUP: each worker re-reads the token file itself."""
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGHUP)
+
+    async def stop(self, grace_s: float) -> None:
         """Asks every worker to drain and exit (they keep forwarding meanwhile), then closes the socket."""
         self.is_stopping = True
         if self._watch is not None:
@@ -185,7 +195,7 @@ class WorkerPool:
         for process in self.processes.values():
             if process.poll() is None:
                 process.terminate()
-        deadline_s = time.monotonic() + self.exit_timeout_s + 5.0
+        deadline_s = time.monotonic() + grace_s + 5.0
         for index, process in self.processes.items():
             while process.poll() is None and time.monotonic() < deadline_s:
                 await asyncio.sleep(0.05)

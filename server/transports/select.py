@@ -1,0 +1,58 @@
+"""Picks the transport a server runs: the native HTTP/2 one, grpcio in-process, or grpcio worker processes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from infergate.server import routes
+from infergate.server.service import InferenceService, generic_handler
+from infergate.server.tls import ssl_context
+from infergate.server.transports.edge import Edge, Transport
+from infergate.server.transports.grpcio import SERVICES, GrpcioTransport
+
+TRANSPORTS = ("native", "grpcio")  # --transport choices for the process that serves gRPC itself
+
+
+class NativeTransport:
+    """`--transport native`: infergate's own HTTP/2 (server/transports/native.py) on this event loop."""
+
+    def __init__(self, edge: Edge, service: InferenceService) -> None:
+        from infergate.server.http2 import Http2Server
+
+        self.health = routes.Health()
+        edge_kwargs: dict[str, Any] = {}
+        if edge.tls is not None:
+            edge_kwargs["ssl_context"] = ssl_context(edge.tls)
+        if not edge.access.is_open:
+            edge_kwargs["access"] = edge.access
+        self.server = Http2Server(routes.build_routes(service, self.health), edge.max_message_bytes, **edge_kwargs)
+
+    async def start(self, address: str) -> int:
+        try:
+            return await self.server.start(address)
+        except (OSError, ValueError) as exc:
+            raise OSError(f"cannot listen on --grpc-address {address}: {exc}") from None
+
+    async def set_serving(self, is_serving: bool) -> None:
+        for service in SERVICES:
+            self.health.set(service, routes.SERVING if is_serving else routes.NOT_SERVING)
+
+    async def stop(self, grace_s: float) -> None:
+        self.health.set_all(routes.NOT_SERVING)
+        self.health.end_watches()
+        await self.server.stop(grace_s)
+
+
+def make_transport(name: str, workers: int, edge: Edge, service: InferenceService, *, loop_name: str,
+                   log_level: str, exit_timeout_s: float) -> Transport:
+    """--workers N > 1 runs grpcio in N processes; otherwise this process serves with --transport."""
+    if workers > 1:
+        from infergate.server.workers import WorkerPool
+
+        return WorkerPool(service, workers, edge, exit_timeout_s=exit_timeout_s, loop_name=loop_name,
+                          log_level=log_level)
+    if name == "native":
+        return NativeTransport(edge, service)
+    if name == "grpcio":
+        return GrpcioTransport(edge, generic_handler(service))
+    raise ValueError(f"unknown transport {name!r}; expected one of {', '.join(TRANSPORTS)}")
