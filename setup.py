@@ -74,6 +74,7 @@ setup(
             "pytest>=8",
             "pytest-timeout>=2.3",
             "hypothesis>=6.100",
+            "cryptography>=42",  # throw-away CAs and certificates for the TLS tests
             "tritonclient[grpc]==2.73.0",
             "grpcio-tools==1.81.1",
             "ruff>=0.6",
