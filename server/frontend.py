@@ -123,6 +123,7 @@ async def serve(index: int, engine: str, grpc_address: str, exit_timeout_s: floa
     """Connects to the engine, listens on the shared port, and runs until a signal or the engine's exit."""
     loop = asyncio.get_running_loop()
     edge = edge_from_environment()
+    loop.add_signal_handler(signal.SIGHUP, edge.access.reload_tokens)  # before anything: SIGHUP must never kill
     _, link = await loop.create_unix_connection(EngineLink, sock=ipc.connect(engine))
     server = grpc_server(edge, forwarding_handler(link), is_port_shared=True)
     health_servicer = add_health_and_reflection(server)
@@ -138,7 +139,6 @@ async def serve(index: int, engine: str, grpc_address: str, exit_timeout_s: floa
     should_exit = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, should_exit.set)
-    loop.add_signal_handler(signal.SIGHUP, edge.access.reload_tokens)
     stopping = asyncio.ensure_future(should_exit.wait())
     done, _ = await asyncio.wait((stopping, link.closed), return_when=asyncio.FIRST_COMPLETED)
     is_engine_gone = link.closed in done
