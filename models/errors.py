@@ -93,3 +93,12 @@ class NotFound(InferError):
 
 class AlreadyExists(InferError):
     status = Status.ALREADY_EXISTS
+
+
+class TooLarge(InferError):
+    """A request the protocol allows but that is above one of the server's size limits."""
+
+    status = Status.RESOURCE_EXHAUSTED
+
+    def __init__(self, what: str, size: int, limit: int, unit: str) -> None:
+        super().__init__(f"{what} is {size} {unit}, above the server's limit of {limit} {unit}")

@@ -114,10 +114,15 @@ def test_raw_contents_count_disagrees_with_inputs(url: str) -> None:
 def test_malformed_bytes_tensor(url: str) -> None:
     request = service_pb2.ModelInferRequest(model_name="identity_all")
     request.inputs.add(name="IN_BYTES", datatype="BYTES", shape=[1, 3])
-    request.raw_input_contents.append(b"\x05\0\0\0abc")
+    request.raw_input_contents.append(b"\x05\0\0\0abcde" + b"\0\0\0\0" + b"\x09\0\0\0abc")
     error = _raw_infer(url, request)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert error.details() == "input 'IN_BYTES' BYTES element 0 declares 5 bytes, but only 3 remain"
+    assert error.details() == "input 'IN_BYTES' BYTES element 2 declares 9 bytes, but only 3 remain"
+    request.raw_input_contents[0] = b"\x05\0\0\0abc"
+    error = _raw_infer(url, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == ("input 'IN_BYTES' raw_input_contents has 7 bytes, too few for the 3 elements of "
+                               "shape [1, 3]: each BYTES element needs at least its 4-byte length prefix")
 
 
 def test_contents_count_disagrees_with_shape(url: str) -> None:
