@@ -77,7 +77,7 @@ def serve(variant: str, port: int, serve_s: float) -> None:
         await asyncio.sleep(serve_s)
 
     async def run_native() -> None:
-        from infergate.server.http2 import Http2Server, Route
+        from infergate.server.transports.native import Http2Server, Route
 
         routes = {f"/{SERVICE}/{name}".encode(): Route(unary=fixed(body)) for name, body in responses.items()}
         server = Http2Server(routes, 1 << 20)

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import make_wsgi_app
+from prometheus_client import Counter, make_wsgi_app
 from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
@@ -25,6 +25,9 @@ logger = logging.getLogger(__name__)
 STATS_PATH = "/stats.json"  # the telemetry snapshot `infergate stats` reads
 MetricFamily = CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily
 LABELS = ["model", "version", "stage"]  # every per-model family; values come from the repository only
+# GOAWAYs the native HTTP/2 transport sent, by reason (an error code, a budget, a timeout, "shutdown", "idle").
+HTTP2_GOAWAYS = Counter("infergate_http2_goaways", "GOAWAY frames sent by the native HTTP/2 transport, by reason",
+                        ["reason"])
 _LATENCY_HELP = {
     "request": ("infergate_request_duration_seconds", "Successful requests, receipt to response sent"),
     "queue": ("infergate_queue_duration_seconds", "Time a request waited in the batcher queue"),

@@ -12,9 +12,9 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from infergate.proto import _pool
 from infergate.server.calls import Aborted, bytes_methods, parse_or_abort
-from infergate.server.http2 import Route, Stream
 from infergate.server.protocol import METHOD_NAMES, SERVICE_NAME
 from infergate.server.service import InferenceService
+from infergate.server.transports.native import Route, Stream
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
 SERVING, NOT_SERVING, SERVICE_UNKNOWN = (health_pb2.HealthCheckResponse.SERVING,

@@ -17,7 +17,7 @@ import tritonclient.grpc as grpcclient
 from onnx import TensorProto, helper
 
 from infergate.proto import grpc_service_pb2 as pb
-from infergate.server import http2
+from infergate.server.transports import h2_state, native
 
 from harness import EXTRA_SERVE_ARGS, ServerProcess, start_server
 
@@ -61,7 +61,7 @@ class RawClient:
         self.encoder = hpack.Encoder()
         self.decoder = hpack.Decoder()
         self.buffer = b""
-        self.sock.sendall(http2.PREFACE + _frame(SETTINGS, 0, 0, settings))
+        self.sock.sendall(h2_state.PREFACE + _frame(SETTINGS, 0, 0, settings))
 
     def request_headers(self, path: str = INFER_PATH, content_type: str = "application/grpc") -> bytes:
         return self.encoder.encode([(":method", "POST"), (":scheme", "http"), (":path", path),
@@ -229,25 +229,26 @@ def test_deadline_from_grpc_timeout(big_server: ServerProcess) -> None:
 @pytest.mark.parametrize(("value", "seconds"), [(b"100m", 0.1), (b"5S", 5.0), (b"2M", 120.0), (b"1H", 3600.0),
                                                  (b"250u", 250e-6), (b"99999999n", 0.099999999)])
 def test_parse_timeout(value: bytes, seconds: float) -> None:
-    assert http2.parse_timeout_s(value) == pytest.approx(seconds)
+    assert native.parse_timeout_s(value) == pytest.approx(seconds)
 
 
 @pytest.mark.parametrize("value", [b"", b"5", b"5x", b"123456789S", b"m"])
 def test_parse_timeout_rejects(value: bytes) -> None:
     with pytest.raises(ValueError):
-        http2.parse_timeout_s(value)
+        native.parse_timeout_s(value)
 
 
 def test_cached_header_blocks_follow_the_decoder_table() -> None:
     """The same reference-only bytes mean a new path once a literal has changed the HPACK table."""
     async def run() -> list[bytes]:
-        connection = http2.Http2Connection({}, 1024, set())
-        literal = b"\x40" + http2.literal_header(b":path", b"/x/A")[1:]  # literal with incremental indexing
-        content_type = http2.literal_header(b"content-type", b"application/grpc")
+        connection = native.Http2Connection(native.Http2Server({}, 1024))
+        literal = b"\x40" + h2_state.literal_header(b":path", b"/x/A")[1:]  # literal with incremental indexing
+        content_type = b"\x40" + h2_state.literal_header(b"content-type", b"application/grpc")[1:]
+        references = b"\x83\x86\xbf\xbe"  # :method POST, :scheme http (static), then dynamic entries 63, 62
         paths = []
-        for block in (literal + content_type, b"\xbe", b"\xbe", literal.replace(b"/x/A", b"/x/B"), b"\xbe"):
-            fields = connection._request_fields(block)
-            assert fields is not None
+        for block in (literal + b"\x83\x86" + content_type, references, references,
+                      literal.replace(b"/x/A", b"/x/B") + b"\x83\x86" + content_type, references):
+            fields, _ = connection._request(1, block)
             paths.append(fields[0])
         return paths
 
@@ -255,9 +256,9 @@ def test_cached_header_blocks_follow_the_decoder_table() -> None:
 
 
 def test_status_trailers_decode_and_percent_encode() -> None:
-    block = http2.RESPONSE_HEADERS + http2.status_trailers(3, "bad 'x': 100% \u00e9\n")
+    block = native.RESPONSE_HEADERS + native.status_trailers(3, "bad 'x': 100% \u00e9\n")
     headers = hpack.Decoder().decode(block, raw=True)
     assert headers == [(b":status", b"200"), (b"content-type", b"application/grpc"), (b"grpc-status", b"3"),
                        (b"grpc-message", b"bad 'x': 100%25 %C3%A9%0A")]
     long_name = b"x" * 300
-    assert hpack.Decoder().decode(http2.literal_header(long_name, b"v"), raw=True) == [(long_name, b"v")]
+    assert hpack.Decoder().decode(h2_state.literal_header(long_name, b"v"), raw=True) == [(long_name, b"v")]

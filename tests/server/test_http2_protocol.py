@@ -13,8 +13,8 @@ from urllib.parse import unquote_to_bytes
 import hpack
 import pytest
 
-from infergate.server import http2
-from infergate.server.http2 import (
+from infergate.server.transports import h2_state, native
+from infergate.server.transports.h2_state import (
     CONTINUATION,
     DATA,
     END_HEADERS,
@@ -25,10 +25,9 @@ from infergate.server.http2 import (
     RST_STREAM,
     SETTINGS,
     WINDOW_UPDATE,
-    Http2Connection,
-    Route,
     frame,
 )
+from infergate.server.transports.native import Http2Connection, Http2Limits, Http2Server, Route
 
 BIG_REPLY = b"x" * 200_000  # above the default 65,535-byte window
 
@@ -53,6 +52,9 @@ class FakeTransport:
     def resume_reading(self) -> None:
         pass
 
+    def get_extra_info(self, name: str) -> Any:
+        return None
+
 
 def _headers(path: str, *extra: tuple[str, str]) -> bytes:
     return hpack.Encoder().encode([(":method", "POST"), (":scheme", "http"), (":path", path), (":authority", "x"),
@@ -72,7 +74,7 @@ def _call(stream_id: int, path: str, body: bytes, *headers: tuple[str, str], fla
 def _frames(out: bytes) -> list[tuple[int, int, int, bytes]]:
     frames, i = [], 0
     while i + 9 <= len(out):
-        length_kind, flags, stream_id = http2.FRAME.unpack_from(out, i)
+        length_kind, flags, stream_id = h2_state.FRAME.unpack_from(out, i)
         end = i + 9 + (length_kind >> 8)
         frames.append((length_kind & 0xFF, flags, stream_id, bytes(out[i + 9:end])))
         i = end
@@ -92,9 +94,10 @@ def run(test: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(test())
 
 
-async def _connect(routes: dict[bytes, Route], max_message_bytes: int = 64 << 20) -> tuple[Http2Connection,
-                                                                                             FakeTransport]:
-    connection, transport = Http2Connection(routes, max_message_bytes, set()), FakeTransport()
+async def _connect(routes: dict[bytes, Route], max_message_bytes: int = 64 << 20,
+                   limits: Http2Limits | None = None) -> tuple[Http2Connection, FakeTransport]:
+    server = Http2Server(routes, max_message_bytes, limits=limits or Http2Limits())
+    connection, transport = Http2Connection(server), FakeTransport()
     connection.connection_made(transport)  # type: ignore[arg-type]
     connection.data_received(PREFACE + frame(SETTINGS, 0, 0))
     return connection, transport
@@ -117,7 +120,7 @@ def test_a_reset_while_the_answer_waits_for_window_forgets_the_call() -> None:
         connection.data_received(_call(1, "/big", b"r"))
         await asyncio.sleep(0.01)
         assert connection.streams[1].trailers is not None  # blocked behind the window
-        connection.data_received(frame(RST_STREAM, 0, 1, struct.pack(">I", http2.CANCEL)))
+        connection.data_received(frame(RST_STREAM, 0, 1, struct.pack(">I", h2_state.CANCEL)))
         assert 1 not in connection.streams and not connection.blocked
 
     run(scenario)
@@ -130,7 +133,7 @@ def test_a_deadline_while_the_answer_waits_for_window_resets_it() -> None:
         await asyncio.sleep(0.2)
         connection.flush_writes()
         assert 1 not in connection.streams
-        assert (RST_STREAM, 0, 1, struct.pack(">I", http2.CANCEL)) in _frames(transport.out)
+        assert (RST_STREAM, 0, 1, struct.pack(">I", h2_state.CANCEL)) in _frames(transport.out)
 
     run(scenario)
 
@@ -204,9 +207,9 @@ def test_no_reset_after_the_client_already_ended_its_side() -> None:
 
 
 @pytest.mark.parametrize(("bad", "code"), [
-    (frame(DATA, http2.PADDED, 1, b"\x09abc"), http2.PROTOCOL_ERROR),  # pad length beyond the payload
-    (frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", 0)), http2.PROTOCOL_ERROR),
-    (frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", 2**31 - 1)), http2.FLOW_CONTROL_ERROR),
+    (frame(DATA, h2_state.PADDED, 1, b"\x09abc"), h2_state.PROTOCOL_ERROR),  # pad length beyond the payload
+    (frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", 0)), h2_state.PROTOCOL_ERROR),
+    (frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", 2**31 - 1)), h2_state.FLOW_CONTROL_ERROR),
 ])
 def test_protocol_violations_end_the_connection(bad: bytes, code: int) -> None:
     async def scenario() -> None:
@@ -218,9 +221,7 @@ def test_protocol_violations_end_the_connection(bad: bytes, code: int) -> None:
     run(scenario)
 
 
-def test_data_beyond_the_window_is_a_flow_control_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(http2, "MAX_STREAM_REPLIES", 0)  # no credit is ever given back
-
+def test_data_beyond_the_window_is_a_flow_control_error() -> None:
     async def scenario() -> None:
         never = asyncio.Event()
 
@@ -228,20 +229,21 @@ def test_data_beyond_the_window_is_a_flow_control_error(monkeypatch: pytest.Monk
             await never.wait()
             return b""
 
-        connection, transport = await _connect({b"/stream": Route(per_message=stuck)})
+        # One message in work at a time, and it never ends: no window is given back after the first.
+        connection, transport = await _connect({b"/stream": Route(per_message=stuck)},
+                                               limits=Http2Limits(max_messages_in_flight_per_stream=1))
         connection.data_received(frame(HEADERS, END_HEADERS, 1, _headers("/stream")))
         chunk = frame(DATA, 0, 1, _message(b"\0" * (512 << 10)))
-        for _ in range(http2.STREAM_WINDOW_BYTES // (512 << 10) + 1):
+        for _ in range(Http2Limits().stream_window_bytes // (512 << 10) + 1):
             connection.data_received(chunk)
         connection.flush_writes()
-        assert (RST_STREAM, 0, 1, struct.pack(">I", http2.FLOW_CONTROL_ERROR)) in _frames(transport.out)
+        assert (RST_STREAM, 0, 1, struct.pack(">I", h2_state.FLOW_CONTROL_ERROR)) in _frames(transport.out)
         assert 1 not in connection.streams
 
     run(scenario)
 
 
-def test_a_streaming_client_faster_than_the_model_gets_no_more_window(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(http2, "MAX_STREAM_REPLIES", 4)
+def test_a_streaming_client_faster_than_the_model_gets_no_more_window() -> None:
     gate = asyncio.Event
 
     async def scenario() -> None:
@@ -251,7 +253,8 @@ def test_a_streaming_client_faster_than_the_model_gets_no_more_window(monkeypatc
             await opened.wait()
             return b"done"
 
-        connection, transport = await _connect({b"/stream": Route(per_message=slow)})
+        connection, transport = await _connect({b"/stream": Route(per_message=slow)},
+                                               limits=Http2Limits(max_messages_in_flight_per_stream=4))
         connection.data_received(frame(HEADERS, END_HEADERS, 1, _headers("/stream")))
         message = frame(DATA, 0, 1, _message(b"\0" * (512 << 10)))
         for _ in range(10):  # 5 MiB, past the half-window credit point, with 10 requests unanswered
@@ -267,7 +270,7 @@ def test_a_streaming_client_faster_than_the_model_gets_no_more_window(monkeypatc
 
 
 def test_long_error_messages_are_cut_whole_characters_under_the_cap() -> None:
-    block = http2.status_trailers(3, "\u00e9" * 10_000)
+    block = native.status_trailers(3, "\u00e9" * 10_000)
     message = dict(hpack.Decoder().decode(block, raw=True))[b"grpc-message"]
-    assert len(message) <= http2.MAX_GRPC_MESSAGE_BYTES
+    assert len(message) <= native.MAX_GRPC_MESSAGE_BYTES
     assert set(unquote_to_bytes(message).decode()) == {"\u00e9"}
