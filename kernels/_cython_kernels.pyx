@@ -5,7 +5,7 @@ failures come back as status codes (see kernels/program.py) that the wrapper tur
 Compiler directives are set once in kernels/_build.py.
 """
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cython.parallel cimport prange
 from libc.float cimport DBL_MAX, FLT_MAX
 from libc.math cimport log1p, fabs, INFINITY
@@ -579,3 +579,27 @@ def split_bytes_tensor(const uint8_t[::1] raw, int64_t[::1] starts, int64_t[::1]
     if failed < 0 and pos != n:
         failed = n_elements
     return failed
+
+
+def split_bytes_objects(const uint8_t[::1] raw, object[::1] out):
+    """Fill out with the elements of a KServe v2 BYTES tensor in raw, each a new bytes object.
+
+    One pass: each element is a uint32 length (host order, little-endian on every target, as in
+    split_bytes_tensor), then its bytes. Returns (-1, len(raw)) when raw holds exactly out's
+    elements, else (k, pos): k the first element that does not fit, or len(out) when bytes are
+    left over after the last, and pos the byte where element k's length prefix starts. The GIL
+    is held throughout: every element becomes a Python object.
+    """
+    cdef Py_ssize_t k, pos = 0, n = raw.shape[0], count = out.shape[0]
+    cdef uint32_t length
+    for k in range(count):
+        if pos + 4 > n:
+            return (k, pos)
+        memcpy(&length, &raw[pos], 4)
+        if pos + 4 + <Py_ssize_t>length > n:
+            return (k, pos)
+        out[k] = PyBytes_FromStringAndSize((<const char*>&raw[0]) + pos + 4, length)  # raw[0] exists: n >= 4
+        pos += 4 + length
+    if pos != n:
+        return (count, pos)
+    return (-1, pos)

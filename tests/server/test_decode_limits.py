@@ -16,8 +16,7 @@ import tritonclient.grpc as grpcclient
 from onnx import TensorProto, helper
 
 from infergate.kernels import bytes_tensor
-from infergate.kernels.bytes_tensor import BytesTensorError, split_bytes_elements
-from infergate.kernels.hashing import split_bytes_tensor_reference
+from infergate.kernels.bytes_tensor import BytesTensorError, split_bytes_elements, split_bytes_objects_reference
 from infergate.models.config import ModelSpec, TensorSpec
 from infergate.models.errors import InferError, Status, TooLarge
 from infergate.proto import grpc_service_pb2 as pb
@@ -140,24 +139,24 @@ def test_bad_length_prefix(payload: bytes, count: int, message: str) -> None:
     error = _decode_error(DYN_BYTES, _request("dyn_bytes", "S", "BYTES", [count], payload))
     assert (error.status, error.message) == (Status.INVALID_ARGUMENT, f"input 'S' {message}")
     with pytest.raises(BytesTensorError) as info:
-        split_bytes_elements(payload, count, split_bytes_tensor_reference)
+        split_bytes_elements(payload, count, split_bytes_objects_reference)
     assert info.value.message == message
 
 
-@pytest.mark.skipif(bytes_tensor.LOCATE is split_bytes_tensor_reference, reason="compiled kernels not built")
+@pytest.mark.skipif(bytes_tensor.SPLIT is split_bytes_objects_reference, reason="compiled kernels not built")
 def test_compiled_split_matches_reference() -> None:
     rng = np.random.default_rng(3)
-    for count in (0, 1, 7, bytes_tensor.CHUNK_ELEMENTS, bytes_tensor.CHUNK_ELEMENTS * 2 + 5):
+    for count in (0, 1, 7, 1000, 100_000):
         elements = [rng.bytes(int(n)) for n in rng.integers(0, 9, count)]
         payload = _bytes_payload(*elements)
         compiled = split_bytes_elements(payload, count)
-        assert compiled.tolist() == split_bytes_elements(payload, count, split_bytes_tensor_reference).tolist()
+        assert compiled.tolist() == split_bytes_elements(payload, count, split_bytes_objects_reference).tolist()
         assert compiled.tolist() == elements
         for cut in {len(payload) - 1, len(payload) // 2} if payload else set():
             with pytest.raises(BytesTensorError) as compiled_error:
                 split_bytes_elements(payload[:cut], count)
             with pytest.raises(BytesTensorError) as reference_error:
-                split_bytes_elements(payload[:cut], count, split_bytes_tensor_reference)
+                split_bytes_elements(payload[:cut], count, split_bytes_objects_reference)
             assert compiled_error.value.message == reference_error.value.message
 
 
