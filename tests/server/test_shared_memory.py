@@ -329,3 +329,18 @@ def test_file_replaced_or_shrunk_after_registration(shm_name: str) -> None:
                                       "different file than when the region was registered")
     finally:
         regions.unregister("")
+
+
+def test_negative_register_numbers(shm_name: str) -> None:
+    """The RPC's fields are uint64; the method still refuses negatives from any other caller."""
+    Path(SHM_DIR, shm_name).write_bytes(bytes(16))
+    regions = SharedMemoryRegions()
+    for offset, byte_size in ((-1, 8), (0, -8)):
+        with pytest.raises(InvalidInput) as info:
+            regions.register("r", "/" + shm_name, offset, byte_size)
+        assert info.value.message == (f"failed to register shared memory region 'r': offset {offset} and byte_size "
+                                      f"{byte_size}; expected offset >= 0 and byte_size >= 1")
+    assert regions.status("") == []
+    with pytest.raises(InvalidInput) as info:
+        regions.register("", "/" + shm_name, 0, 8)
+    assert info.value.message == "a shared memory region needs a name; '' means every region in unregister and status"
