@@ -184,8 +184,7 @@ def measure(variant: str, rnd: int, args: argparse.Namespace, repo: Path, pki: d
 
 
 def _pki(directory: Path) -> dict[str, Path]:
-    sys.path.insert(0, str(REPO_ROOT / "tests"))
-    from certs import make_pki  # the tests' throw-away PKI: one way to make certificates
+    from infergate.bench.certs import make_pki  # the tests' throw-away PKI too
 
     pki = make_pki(directory)
     return {"ca.crt": pki.ca.cert, "server.crt": pki.server.cert, "server.key": pki.server.key,

@@ -18,9 +18,10 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from certs import Pki, make_pki
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
+
+from infergate.bench.certs import Pki, make_pki
 
 from harness import EXTRA_SERVE_ARGS, ServerProcess, start_server
 

@@ -1,4 +1,4 @@
-"""Throw-away certificate authorities and certificates for the TLS tests (made with `cryptography`)."""
+"""Throw-away certificate authorities and certificates for TLS tests and benchmarks (made with `cryptography`)."""
 
 from __future__ import annotations
 
