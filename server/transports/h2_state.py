@@ -107,11 +107,11 @@ class H2Stream:
 
     __slots__ = ("id", "state", "send_window", "recv_window", "unacked_bytes", "content_length", "received_bytes")
 
-    def __init__(self, stream_id: int, send_window: int, recv_window: int) -> None:
+    def __init__(self, connection: H2ServerConnection, stream_id: int, fields: Any) -> None:
         self.id = stream_id
         self.state = StreamState.IDLE
-        self.send_window = send_window  # what we may still send before the client's WINDOW_UPDATE
-        self.recv_window = recv_window  # what the client may still send before our WINDOW_UPDATE
+        self.send_window = connection.peer_initial_window  # what we may send before the client's WINDOW_UPDATE
+        self.recv_window = connection.limits.stream_window_bytes  # what the client may send before ours
         self.unacked_bytes = 0  # taken by the application, not yet given back as window
         self.content_length = -1  # the request's content-length, if it sent one
         self.received_bytes = 0  # DATA bytes so far, checked against content_length
@@ -209,6 +209,8 @@ def strip_padding(flags: int, payload: bytes, stream_id: int, extra: int = 0) ->
 class H2ServerConnection:
     """The server side of one HTTP/2 connection, sans I/O (python-hyper's h2 keeps it the same way)."""
 
+    stream_class: type[H2Stream] = H2Stream  # what a new stream is: (connection, stream id, request fields)
+
     def __init__(self, limits: Http2Limits, clock: Callable[[], float], connection_window_bytes: int) -> None:
         now = clock()
         self.limits = limits
@@ -264,8 +266,6 @@ class H2ServerConnection:
         """What the application needs of a valid request's headers (cached with reference-only blocks)."""
         return headers
 
-    def _make_stream(self, stream_id: int, fields: Any) -> H2Stream:
-        return H2Stream(stream_id, self.peer_initial_window, self.limits.stream_window_bytes)
 
     def _on_request(self, stream: H2Stream, fields: Any, is_end: bool) -> None:
         """A new stream's valid request headers (the stream is registered, in its new state)."""
@@ -279,8 +279,8 @@ class H2ServerConnection:
     def _on_stream_reset(self, stream: H2Stream) -> None:
         """The stream was reset by the client or by a stream error: drop its work, send nothing more."""
 
-    def _on_stream_closed(self, stream: H2Stream) -> None:
-        """The stream left the table (closed)."""
+    def _on_all_streams_closed(self) -> None:
+        """The last open stream left the table."""
 
     def _on_send_window(self, stream: H2Stream | None) -> None:
         """A send window grew: the stream's, or with None the connection's or every stream's."""
@@ -432,7 +432,10 @@ class H2ServerConnection:
                 raise H2StreamError(stream_id, PROTOCOL_ERROR, f"DATA of {stream.received_bytes} bytes against "
                                                                f"content-length {stream.content_length}")
         if is_end:
-            self._end_remote(stream)
+            if stream.state is OPEN:
+                stream.state = HALF_CLOSED_REMOTE
+            else:
+                self._end_remote(stream)
         self._on_data(stream, data, is_end)
 
     def _recv_headers(self, flags: int, stream_id: int, payload: bytes) -> None:
@@ -504,8 +507,6 @@ class H2ServerConnection:
         change the decoder's table, so its meaning is fixed until a block with literals arrives:
         those results are cached, and the cache is emptied whenever the table may have changed."""
         cache = self.header_cache
-        if (known := cache.get(block)) is not None:
-            return known
         headers = self._decode(block)
         is_references_only = bool(block) and min(block) >= 0x80 and max(block) < 0xFF
         if not is_references_only or len(cache) >= HEADER_CACHE_ENTRIES:
@@ -526,14 +527,15 @@ class H2ServerConnection:
             if self.is_going_away or len(self.streams) >= self.limits.max_concurrent_streams:
                 self._decode(block)
                 self.write(frame(RST_STREAM, 0, stream_id, struct.pack(">I", REFUSED_STREAM)))
-                self._remember(stream_id, ClosedBy.OUR_RESET)
+                self._remember_closed(stream_id, ClosedBy.OUR_RESET)
                 if not self.is_going_away:
                     self._spend_reset()
                 return
-            fields, content_length = self._request(stream_id, block)
+            known = self.header_cache.get(block)
+            fields, content_length = known if known is not None else self._request(stream_id, block)
             if is_end and content_length > 0:
                 raise H2StreamError(stream_id, PROTOCOL_ERROR, f"no DATA against content-length {content_length}")
-            new_stream = self._make_stream(stream_id, fields)
+            new_stream = self.stream_class(self, stream_id, fields)
             new_stream.content_length = content_length
             new_stream.state = HALF_CLOSED_REMOTE if is_end else OPEN
             self.streams[stream_id] = new_stream
@@ -712,17 +714,19 @@ class H2ServerConnection:
 
     def _close(self, stream: H2Stream, closed_by: ClosedBy) -> None:
         stream.state = CLOSED
-        self._remember(stream.id, closed_by)
-        if self.streams.pop(stream.id, None) is not None:
-            if not self.streams:
-                self.idle_since_s = self.clock()
-            self._on_stream_closed(stream)
+        closed = self.closed
+        closed[stream.id] = closed_by
+        if len(closed) > 2 * CLOSED_STREAMS_REMEMBERED:
+            self._remember_closed(stream.id, closed_by)
+        if self.streams.pop(stream.id, None) is not None and not self.streams:
+            self.idle_since_s = self.clock()
+            self._on_all_streams_closed()
 
-    def _remember(self, stream_id: int, closed_by: ClosedBy) -> None:
+    def _remember_closed(self, stream_id: int, closed_by: ClosedBy) -> None:
         closed = self.closed
         closed[stream_id] = closed_by
-        if len(closed) > CLOSED_STREAMS_REMEMBERED:
-            del closed[next(iter(closed))]
+        if len(closed) > 2 * CLOSED_STREAMS_REMEMBERED:  # forget the oldest half at once, not one per stream
+            self.closed = dict(list(closed.items())[-CLOSED_STREAMS_REMEMBERED:])
 
     # -- writing -----------------------------------------------------------------------------
 

@@ -132,12 +132,19 @@ class Stream(H2Stream):
                  "is_headers_sent", "is_done", "task", "replies", "timer", "is_discarding", "on_close",
                  "is_partial", "last_data_s")
 
-    def __init__(self, stream_id: int, route: Route, connection: Http2Connection, context: ForwardedContext,
-                 encoding: bytes | None) -> None:
-        H2Stream.__init__(self, stream_id, connection.peer_initial_window, connection.limits.stream_window_bytes)
-        self.route = route
+    def __init__(self, connection: Http2Connection, stream_id: int, fields: RequestFields) -> None:  # type: ignore[override]
+        path, _, timeout_s, encoding, metadata, _ = fields
+        # H2Stream's fields, set here rather than through its __init__: one call less per request.
+        self.id = stream_id
+        self.state = OPEN
+        self.send_window = connection.peer_initial_window
+        self.recv_window = connection.limits.stream_window_bytes
+        self.unacked_bytes = 0
+        self.content_length = -1
+        self.received_bytes = 0
+        self.route = connection.routes.get(path) or _NO_ROUTE
         self.connection = connection
-        self.context = context
+        self.context = ForwardedContext(timeout_s, metadata)
         self.inbox = bytearray()  # request bytes not yet taken as messages
         self.request: bytes | None = None
         self.encoding = encoding
@@ -163,6 +170,8 @@ class Stream(H2Stream):
 
 class Http2Connection(H2ServerConnection, asyncio.Protocol):
     """One client connection: HTTP/2 from h2_state, calls started on the routes, their answers written."""
+
+    stream_class = Stream
 
     def __init__(self, server: Http2Server) -> None:
         loop = asyncio.get_running_loop()
@@ -276,7 +285,7 @@ class Http2Connection(H2ServerConnection, asyncio.Protocol):
         if self.is_closed or not timeout_s or not self.streams:
             return
         for h2_stream in list(self.streams.values()):
-            stream = cast(Stream, h2_stream)
+            stream: Stream = h2_stream  # type: ignore[assignment]
             if (not stream.is_done and stream.state is OPEN and now - stream.last_data_s >= timeout_s
                     and (stream.is_partial or (stream.route.unary is not None and stream.request is None))):
                 self.finish(stream, CANCELLED, f"the request message stopped arriving: nothing for {timeout_s:g} s")
@@ -287,13 +296,8 @@ class Http2Connection(H2ServerConnection, asyncio.Protocol):
         access_names = self.access.header_names if self.access is not None else frozenset()
         return _parse_request_headers(headers, access_names)
 
-    def _make_stream(self, stream_id: int, fields: RequestFields) -> Stream:
-        path, _, timeout_s, encoding, metadata, _ = fields
-        return Stream(stream_id, self.routes.get(path) or _NO_ROUTE, self, ForwardedContext(timeout_s, metadata),
-                      encoding)
-
     def _on_request(self, h2_stream: H2Stream, fields: RequestFields, is_end: bool) -> None:
-        stream = cast(Stream, h2_stream)
+        stream: Stream = h2_stream  # type: ignore[assignment]
         path, is_grpc, timeout_s, _, _, access_values = fields
         if not is_grpc:
             stream.is_done = True
@@ -313,25 +317,30 @@ class Http2Connection(H2ServerConnection, asyncio.Protocol):
             self._on_remote_end(stream)
 
     def _on_data(self, h2_stream: H2Stream, data: bytes, is_end: bool) -> None:
-        stream = cast(Stream, h2_stream)
+        stream: Stream = h2_stream  # type: ignore[assignment]  # stream_class makes every stream a Stream
         stream.last_data_s = self.now
-        if data:
-            if stream.is_discarding or stream.is_done:
-                self.consume(stream, len(data))
+        size = len(data)
+        if not size:
+            pass
+        elif stream.is_discarding or stream.is_done:
+            self.consume(stream, size)
+        elif (not stream.inbox and size >= 5 and int.from_bytes(data[1:5], "big") == size - 5
+                and size - 5 <= self.max_message_bytes
+                and len(stream.replies) < (self.limits.max_messages_in_flight_per_stream or 1 << 62)):
+            # The usual case: one whole message in one frame, often with END_STREAM (then only the
+            # connection's window is owed).
+            if stream.state is OPEN:
+                self.consume(stream, size)
             else:
-                self._on_stream_bytes(stream, data)
+                self.unacked_bytes += size
+                if self.unacked_bytes >= self.connection_window >> 2:
+                    self._credit_connection()
+            self._on_message(stream, data[0], data[5:])
+        else:
+            stream.inbox += data
+            self._take_messages(stream)
         if is_end:
             self._on_remote_end(stream)
-
-    def _on_stream_bytes(self, stream: Stream, data: bytes) -> None:
-        if (not stream.inbox and len(data) >= 5 and int.from_bytes(data[1:5], "big") == len(data) - 5
-                and len(data) - 5 <= self.max_message_bytes
-                and len(stream.replies) < (self.limits.max_messages_in_flight_per_stream or 1 << 62)):
-            self.consume(stream, len(data))  # the usual case: one whole message in one frame
-            self._on_message(stream, data[0], data[5:])
-            return
-        stream.inbox += data
-        self._take_messages(stream)
 
     def _take_messages(self, stream: Stream) -> None:
         """Takes the whole messages in the inbox, while the stream has room for more work; the window
@@ -404,7 +413,7 @@ class Http2Connection(H2ServerConnection, asyncio.Protocol):
         return message
 
     def _on_remote_end(self, h2_stream: H2Stream) -> None:
-        stream = cast(Stream, h2_stream)
+        stream: Stream = h2_stream  # type: ignore[assignment]
         if stream.is_done:
             return
         if stream.route.unary is not None:
@@ -568,8 +577,8 @@ class Http2Connection(H2ServerConnection, asyncio.Protocol):
         if stream.id in self.streams:
             self.reset_stream(stream, error_code)
 
-    def _on_stream_closed(self, h2_stream: H2Stream) -> None:
-        if not self.streams and (self.is_going_away or self.is_peer_going_away):
+    def _on_all_streams_closed(self) -> None:
+        if self.is_going_away or self.is_peer_going_away:
             self._close_if_idle()
 
 
