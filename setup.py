@@ -75,6 +75,7 @@ setup(
             "pytest-timeout>=2.3",
             "hypothesis>=6.100",
             "cryptography>=42",  # throw-away CAs and certificates for the TLS tests
+            "h2>=4.1",  # the peer of the HTTP/2 conformance tests (tests/server/test_h2_conformance.py)
             "tritonclient[grpc]==2.73.0",
             "grpcio-tools==1.81.1",
             "ruff>=0.6",
