@@ -274,3 +274,162 @@ def test_long_error_messages_are_cut_whole_characters_under_the_cap() -> None:
     message = dict(hpack.Decoder().decode(block, raw=True))[b"grpc-message"]
     assert len(message) <= native.MAX_GRPC_MESSAGE_BYTES
     assert set(unquote_to_bytes(message).decode()) == {"\u00e9"}
+
+
+# -- budgets, timeouts and limits of the connection ------------------------------------------------
+
+
+def _goaway(transport: FakeTransport) -> tuple[int, bytes] | None:
+    goaways = [p for kind, _, _, p in _frames(transport.out) if kind == GOAWAY]
+    return (struct.unpack(">I", goaways[0][4:8])[0], goaways[0][8:]) if goaways else None
+
+
+def test_a_request_message_that_stops_arriving_is_cancelled() -> None:
+    async def scenario() -> None:
+        connection, transport = await _connect(ROUTES, limits=Http2Limits(message_read_timeout_s=5))
+        connection.data_received(frame(HEADERS, END_HEADERS, 1, _headers("/small"))
+                                 + frame(DATA, 0, 1, b"\0\0\0\0\x09ab"))
+        connection.tick(connection.now + 4)
+        assert _status(transport, 1) is None
+        connection.tick(connection.now + 5)
+        connection.flush_writes()
+        assert _status(transport, 1) == (b"1", "the request message stopped arriving: nothing for 5 s")
+        assert (RST_STREAM, 0, 1, struct.pack(">I", h2_state.NO_ERROR)) in _frames(transport.out)
+
+    run(scenario)
+
+
+def test_an_idle_connection_gets_goaway_no_error() -> None:
+    async def scenario() -> None:
+        connection, transport = await _connect(ROUTES, limits=Http2Limits(idle_timeout_s=60))
+        connection.tick(connection.now + 61)
+        assert _goaway(transport) == (h2_state.NO_ERROR, b"no calls for 60 s") and transport.closed
+
+    run(scenario)
+
+
+def test_no_preface_in_time_closes_the_connection() -> None:
+    async def scenario() -> None:
+        server = Http2Server(ROUTES, 1024, limits=Http2Limits(preface_timeout_s=1))
+        connection, transport = Http2Connection(server), FakeTransport()
+        connection.connection_made(transport)  # type: ignore[arg-type]
+        connection.data_received(PREFACE[:10])
+        connection.tick(connection.now + 1)
+        assert transport.closed and server.goaways["preface_timeout"] == 1
+
+    run(scenario)
+
+
+def test_beyond_the_connection_cap_an_idle_connection_makes_way_or_the_new_one_is_refused() -> None:
+    async def scenario() -> None:
+        server = Http2Server(ROUTES, 1024, limits=Http2Limits(max_connections=2))
+        pairs = []
+        for _ in range(3):
+            connection, transport = Http2Connection(server), FakeTransport()
+            connection.connection_made(transport)  # type: ignore[arg-type]
+            connection.data_received(PREFACE + frame(SETTINGS, 0, 0))
+            pairs.append((connection, transport))
+        assert pairs[0][1].closed and _goaway(pairs[0][1]) is not None  # the longest idle made way
+        assert not pairs[1][1].closed and not pairs[2][1].closed
+        for connection, _ in pairs[1:]:
+            connection.data_received(frame(HEADERS, END_HEADERS, 1, _headers("/small")))  # busy now
+        late, transport = Http2Connection(server), FakeTransport()
+        late.connection_made(transport)  # type: ignore[arg-type]
+        assert transport.closed and not transport.out and server.refused_connections == 1
+
+    run(scenario)
+
+
+def test_a_tls_client_without_h2_by_alpn_is_refused() -> None:
+    class TlsTransport(FakeTransport):
+        def get_extra_info(self, name: str) -> Any:
+            return type("SslObject", (), {"selected_alpn_protocol": lambda self: "http/1.1"})() \
+                if name == "ssl_object" else None
+
+    async def scenario() -> None:
+        connection, transport = Http2Connection(Http2Server(ROUTES, 1024)), TlsTransport()
+        connection.connection_made(transport)  # type: ignore[arg-type]
+        assert transport.closed and not transport.out
+
+    run(scenario)
+
+
+def test_the_access_policy_answers_a_refused_call_trailers_only() -> None:
+    class Deny:
+        header_names = frozenset((b"authorization",))
+
+        def __init__(self) -> None:
+            self.seen: list[tuple[bytes, dict[bytes, bytes]]] = []
+
+        def check(self, path: bytes, headers: dict[bytes, bytes]) -> tuple[int, str] | None:
+            self.seen.append((path, headers))
+            return None if headers.get(b"authorization") == b"Bearer ok" else (16, "no valid token")
+
+    async def scenario() -> None:
+        access = Deny()
+        server = Http2Server(ROUTES, 1024, access=access)
+        connection, transport = Http2Connection(server), FakeTransport()
+        connection.connection_made(transport)  # type: ignore[arg-type]
+        connection.data_received(PREFACE + frame(SETTINGS, 0, 0))
+        connection.data_received(_call(1, "/small", b"x", ("authorization", "Bearer no")))
+        connection.data_received(_call(3, "/small", b"x", ("authorization", "Bearer ok")))
+        await asyncio.sleep(0.01)
+        connection.flush_writes()
+        assert _status(transport, 1) == (b"16", "no valid token")
+        assert _status(transport, 3) == (b"0", "")
+        assert access.seen == [(b"/small", {b"authorization": b"Bearer no"}),
+                               (b"/small", {b"authorization": b"Bearer ok"})]
+
+    run(scenario)
+
+
+def test_unfinished_messages_are_bounded_by_the_connection_window() -> None:
+    """Six calls each declaring a 14 MiB message and sending part of it: the connection's window is
+    not given back for bytes no call has taken, so the client cannot make the server hold more."""
+    async def scenario() -> None:
+        connection, transport = await _connect(ROUTES, max_message_bytes=16 << 20,
+                                               limits=Http2Limits(connection_window_bytes=1 << 20))
+        window = connection.connection_window
+        assert window == (16 << 20) + 5 + Http2Limits().stream_window_bytes  # one largest message fits
+        chunk = bytes(512 << 10)
+        sent = 0
+        for stream_id in range(1, 13, 2):
+            connection.data_received(frame(HEADERS, END_HEADERS, stream_id, _headers("/small"))
+                                     + frame(DATA, 0, stream_id, b"\0" + (14 << 20).to_bytes(4, "big") + chunk))
+            sent += 5 + len(chunk)
+        while sent + len(chunk) <= window and not transport.closed:
+            connection.data_received(frame(DATA, 0, 1 + 2 * (sent // len(chunk) % 6), chunk))
+            sent += len(chunk)
+        connection.flush_writes()
+        updates = [p for kind, _, sid, p in _frames(transport.out) if kind == WINDOW_UPDATE and sid == 0]
+        assert len(updates) == 1  # the initial one only: nothing was credited back
+        connection.data_received(frame(DATA, 0, 1, chunk))
+        connection.flush_writes()
+        goaway = _goaway(transport)
+        assert goaway is not None and goaway[0] == h2_state.FLOW_CONTROL_ERROR
+
+    run(scenario)
+
+
+def test_a_stream_of_tiny_messages_starts_no_more_tasks_than_the_cap() -> None:
+    async def scenario() -> None:
+        started = 0
+        never = asyncio.Event()
+
+        async def stuck(body: bytes, context: Any) -> bytes:
+            nonlocal started
+            started += 1
+            await never.wait()
+            return b""
+
+        connection, transport = await _connect({b"/stream": Route(per_message=stuck)})
+        connection.data_received(frame(HEADERS, END_HEADERS, 1, _headers("/stream")))
+        connection.data_received(frame(DATA, 0, 1, _message(b"x") * 100_000))
+        await asyncio.sleep(0.01)
+        assert started == Http2Limits().max_messages_in_flight_per_stream
+        assert len(connection.streams[1].inbox) == (100_000 - started) * 6  # the rest waits, unparsed
+        for stream in list(connection.streams.values()):
+            connection._reset(stream, h2_state.CANCEL)  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+
+    run(scenario)
