@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from typing import Any, Protocol
 
 from infergate.server.access import AccessPolicy, parse_restricted_protocol
 from infergate.server.tls import TlsOptions
+from infergate.server.transports.h2_limits import DEFAULT_LIMITS, Http2Limits
 
 WORKER_EDGE_ENV = "INFERGATE_WORKER_EDGE"  # how the engine hands its edge options to --workers processes
 
@@ -33,6 +35,7 @@ class Edge:
     tls: TlsOptions | None = None  # None: plaintext
     token_file: Path | None = None  # --grpc-auth-token-file
     restricted_protocols: tuple[str, ...] = ()  # --grpc-restricted-protocol values, as given
+    limits: Http2Limits = DEFAULT_LIMITS  # HTTP/2 budgets and timeouts; grpcio gets the keepalive ones
     access: AccessPolicy = field(init=False)
 
     def __post_init__(self) -> None:
@@ -49,6 +52,7 @@ class Edge:
                                              str(tls.root_cert_file) if tls.root_cert_file else None, tls.is_mutual],
             "token_file": str(self.token_file) if self.token_file else None,
             "restricted_protocols": list(self.restricted_protocols),
+            "limits": dataclasses.asdict(self.limits),
         })}
 
 
@@ -60,4 +64,4 @@ def edge_from_environment() -> Edge:
                 tls=None if tls is None else TlsOptions(Path(tls[0]), Path(tls[1]),
                                                         Path(tls[2]) if tls[2] else None, bool(tls[3])),
                 token_file=Path(fields["token_file"]) if fields["token_file"] else None,
-                restricted_protocols=tuple(fields["restricted_protocols"]))
+                restricted_protocols=tuple(fields["restricted_protocols"]), limits=Http2Limits(**fields["limits"]))

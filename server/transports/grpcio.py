@@ -13,6 +13,7 @@ from infergate.server.access import AccessInterceptor
 from infergate.server.protocol import SERVICE_NAME
 from infergate.server.tls import grpc_credentials
 from infergate.server.transports.edge import Edge
+from infergate.server.transports.h2_limits import Http2Limits
 
 logger = logging.getLogger(__name__)
 
@@ -28,9 +29,27 @@ def grpc_server(edge: Edge, handler: grpc.GenericRpcHandler, *, is_port_shared: 
             ("grpc.max_send_message_length", edge.max_message_bytes),
             # --workers share the port (the engine checked it was free); a lone server must fail instead.
             ("grpc.so_reuseport", 1 if is_port_shared else 0),
+            *keepalive_options(edge.limits),
         ])
     server.add_generic_rpc_handlers((handler,))
     return server
+
+
+def keepalive_options(limits: Http2Limits) -> list[tuple[str, int]]:
+    """The native transport's keepalive, idle and stream limits in grpc-core's channel arguments."""
+    options = [
+        ("grpc.keepalive_time_ms", int(limits.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(limits.keepalive_timeout_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", int(limits.keepalive_permit_without_calls)),
+        ("grpc.http2.max_pings_without_data", limits.max_pings_without_data),
+        # grpc-core's name for the server's GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS
+        ("grpc.http2.min_ping_interval_without_data_ms", int(limits.min_recv_ping_interval_without_data_s * 1000)),
+        ("grpc.http2.max_ping_strikes", limits.max_ping_strikes),
+        ("grpc.max_concurrent_streams", limits.max_concurrent_streams),
+    ]
+    if limits.idle_timeout_s:
+        options.append(("grpc.max_connection_idle_ms", int(limits.idle_timeout_s * 1000)))
+    return options
 
 
 def add_health_and_reflection(server: grpc.aio.Server) -> health.aio.HealthServicer:

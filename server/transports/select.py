@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from infergate.server import routes
 from infergate.server.service import InferenceService, generic_handler
 from infergate.server.tls import ssl_context
 from infergate.server.transports.edge import Edge, Transport
 from infergate.server.transports.grpcio import SERVICES, GrpcioTransport
+from infergate.server.transports.native import Http2Server
 
 TRANSPORTS = ("native", "grpcio")  # --transport choices for the process that serves gRPC itself
 
@@ -17,15 +16,11 @@ class NativeTransport:
     """`--transport native`: infergate's own HTTP/2 (server/transports/native.py) on this event loop."""
 
     def __init__(self, edge: Edge, service: InferenceService) -> None:
-        from infergate.server.http2 import Http2Server
-
         self.health = routes.Health()
-        edge_kwargs: dict[str, Any] = {}
-        if edge.tls is not None:
-            edge_kwargs["ssl_context"] = ssl_context(edge.tls)
-        if not edge.access.is_open:
-            edge_kwargs["access"] = edge.access
-        self.server = Http2Server(routes.build_routes(service, self.health), edge.max_message_bytes, **edge_kwargs)
+        self.server = Http2Server(routes.build_routes(service, self.health), edge.max_message_bytes,
+                                  limits=edge.limits,
+                                  ssl_context=ssl_context(edge.tls) if edge.tls is not None else None,
+                                  access=None if edge.access.is_open else edge.access)
 
     async def start(self, address: str) -> int:
         try:
