@@ -10,7 +10,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from infergate.proto import grpc_service_pb2 as pb
-from infergate.server.errors import status_of
+from infergate.server.errors import invalid_message, status_of
 from infergate.server.protocol import SERVICE
 from infergate.server.service import UNARY_METHODS, InferenceService, guarded
 
@@ -56,8 +56,7 @@ def parse_or_abort(parse: Callable[[bytes], Any], body: bytes, what: str) -> Any
     try:
         return parse(body)
     except DecodeError as exc:
-        raise Aborted(grpc.StatusCode.INVALID_ARGUMENT,
-                      f"the {what} request is not a valid protobuf message: {exc}") from None
+        raise Aborted(grpc.StatusCode.INVALID_ARGUMENT, invalid_message(what, exc)) from None
 
 
 BytesMethod = Callable[[bytes, Any], Awaitable[bytes]]
@@ -93,8 +92,7 @@ def _stream_item(parse: Callable[[bytes], Any], stream_one: Callable[[Any, Any],
         try:
             request = parse(body)
         except DecodeError as exc:
-            response = pb.ModelStreamInferResponse(
-                error_message=f"the ModelStreamInfer request is not a valid protobuf message: {exc}")
+            response = pb.ModelStreamInferResponse(error_message=invalid_message("ModelStreamInfer", exc))
         else:
             response = await stream_one(request, context)
         return response.SerializeToString()  # type: ignore[no-any-return]

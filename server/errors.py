@@ -30,3 +30,8 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     error_id = uuid.uuid4().hex[:12]
     logger.error("internal error %s", error_id, exc_info=exc)
     return grpc.StatusCode.INTERNAL, f"internal error (id {error_id}); the server log has the details"
+
+
+def invalid_message(what: str, exc: Exception) -> str:
+    """The INVALID_ARGUMENT message for a request body that does not parse, on every transport."""
+    return f"the {what} request is not a valid protobuf message: {exc}"

@@ -9,12 +9,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from infergate.batching.stats import Duration, ModelStats
 from infergate.models.errors import ModelNotFound, NotAllowed, Unsupported
 from infergate.proto import grpc_service_pb2 as pb
 from infergate.server.codec import decode_request, encode_response
-from infergate.server.errors import code_of, status_of
+from infergate.server.errors import code_of, invalid_message, status_of
 from infergate.server.loop import in_request_order
 from infergate.server.protocol import SERVICE, SERVICE_NAME
 from infergate.server.registry import READY, ModelRegistry, ServedModel
@@ -266,6 +267,17 @@ def guarded(method: str, handler: Handler) -> Handler:
     return call
 
 
+def _parsing(method: str, parse: Callable[[bytes], Any], handler: Handler) -> Handler:
+    async def call(body: bytes, context: Any) -> Any:
+        try:
+            request = parse(body)
+        except DecodeError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, invalid_message(method, exc))
+        return await handler(request, context)
+
+    return call
+
+
 def _unsupported(method: str) -> Handler:
     async def call(request: Any, context: Any) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not supported by infergate")
@@ -284,8 +296,10 @@ def generic_handler(service: InferenceService) -> grpc.GenericRpcHandler:
         if method.name == "ModelStreamInfer":
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(service.ModelStreamInfer, **codec)
         elif method.name in UNARY_METHODS:
+            # The body is parsed here, not by grpcio, whose deserializer failure reaches clients as UNKNOWN.
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                guarded(method.name, getattr(service, method.name)), **codec)
+                _parsing(method.name, request_type.FromString, guarded(method.name, getattr(service, method.name))),
+                response_serializer=response_type.SerializeToString)
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(_unsupported(method.name), **codec)
     return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)

@@ -24,7 +24,7 @@ from infergate.proto import model_config_pb2 as mc
 from infergate.server import codec
 from infergate.server.codec import MAX_ELEMENTS, MAX_RANK, ModelIO, decode_request
 
-from harness import EXTRA_SERVE_ARGS, ServerProcess, start_server
+from harness import ServerProcess, start_server
 
 ALLOCATION_CEILING_BYTES = 1 << 20  # what decoding a rejected request may allocate at its peak
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -287,12 +287,6 @@ def test_absurd_requests_end_to_end(dyn_server: ServerProcess, request_: pb.Mode
     _still_serves(dyn_server.address)
 
 
-# Over --transport grpcio a body that fails to parse gets UNKNOWN "Unexpected <class DecodeError>"
-# from grpcio's own request_deserializer, not INVALID_ARGUMENT: that transport needs the fix.
-ON_GRPCIO_PARSE_IS_UNKNOWN = pytest.mark.skipif("grpcio" in " ".join(EXTRA_SERVE_ARGS),
-                                                reason="grpcio answers UNKNOWN for an unparsable body")
-
-
 def _tag(field_number: int, wire_type: int) -> bytes:
     value, out = (field_number << 3) | wire_type, b""
     while value > 0x7F:
@@ -301,7 +295,6 @@ def _tag(field_number: int, wire_type: int) -> bytes:
     return out + bytes([value])
 
 
-@ON_GRPCIO_PARSE_IS_UNKNOWN
 @pytest.mark.parametrize("depth", [101, 10_000, 1_000_000])
 def test_deeply_nested_unknown_groups_are_refused(dyn_server: ServerProcess, depth: int) -> None:
     """upb parses up to 100 nested groups; deeper is a DecodeError, so the body never recurses further."""
@@ -312,7 +305,6 @@ def test_deeply_nested_unknown_groups_are_refused(dyn_server: ServerProcess, dep
     _still_serves(dyn_server.address)
 
 
-@ON_GRPCIO_PARSE_IS_UNKNOWN
 def test_truncated_body_is_refused(dyn_server: ServerProcess) -> None:
     body = _request("dyn_fp32", "IN", "FP32", [1, 4], bytes(16)).SerializeToString()
     for cut in (len(body) - 1, len(body) // 2, 3):
