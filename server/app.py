@@ -15,6 +15,7 @@ from infergate.server.telemetry.hub import Telemetry
 from infergate.server.telemetry.options import TelemetryOptions
 from infergate.server.tls import TlsOptions
 from infergate.server.transports.edge import Edge, Transport
+from infergate.server.transports.h2_limits import DEFAULT_LIMITS, Http2Limits
 from infergate.server.transports.select import make_transport
 from infergate.server.workers import WorkerPool
 
@@ -41,6 +42,7 @@ class ServerOptions:
     token_file: Path | None = None  # --grpc-auth-token-file: bearer tokens, one per line
     restricted_protocols: tuple[str, ...] = ()  # --grpc-restricted-protocol values
     socket_mode: int = 0o600  # permission bits of a unix: --grpc-address socket
+    http2_limits: Http2Limits = DEFAULT_LIMITS  # budgets and timeouts (keepalive ones apply to grpcio too)
     telemetry: TelemetryOptions = field(default_factory=TelemetryOptions)
 
 
@@ -53,7 +55,8 @@ class InferenceServer:
         self.telemetry = Telemetry(self.registry, options.telemetry)
         self.service = InferenceService(self.registry, is_explicit_control=options.model_control_mode == "explicit",
                                         telemetry=self.telemetry)
-        self.edge = Edge(options.max_message_bytes, options.tls, options.token_file, options.restricted_protocols)
+        self.edge = Edge(options.max_message_bytes, options.tls, options.token_file, options.restricted_protocols,
+                         options.http2_limits)
         self.grpc_port = 0
         self.metrics_port = 0
         self.transport: Transport | None = None

@@ -12,6 +12,7 @@ from infergate.server.app import DEFAULT_MAX_MESSAGE_BYTES, InferenceServer, Ser
 from infergate.server.loop import LOOPS, run_on_loop
 from infergate.server.telemetry import cli as telemetry_cli
 from infergate.server.tls import TlsConfigError, ssl_context, tls_options
+from infergate.server.transports.flags import add_http2_flags, http2_limits
 
 logger = logging.getLogger("infergate")
 
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "here), else asyncio's")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     _add_security_flags(serve)
+    add_http2_flags(serve)
     telemetry_cli.add_serve_flags(serve)
     telemetry_cli.add_commands(commands)
     example = commands.add_parser("example-repository", help="build the example repository and print its path")
@@ -145,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         if tls is not None:
             ssl_context(tls)  # a bad certificate or key stops the server before any model loads
         AccessPolicy(args.grpc_auth_token_file, [parse_restricted_protocol(t) for t in args.grpc_restricted_protocol])
-    except (TlsConfigError, AccessConfigError) as exc:
+        limits = http2_limits(args)
+    except (TlsConfigError, AccessConfigError, ValueError) as exc:
         logger.error("%s", exc)
         return 2
     options = ServerOptions(
@@ -164,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         token_file=args.grpc_auth_token_file,
         restricted_protocols=tuple(args.grpc_restricted_protocol),
         socket_mode=args.grpc_socket_mode,
+        http2_limits=limits,
         telemetry=telemetry_cli.telemetry_options(args),
     )
     try:
