@@ -385,7 +385,7 @@ def probe(address: str, ready: Any, stop: Any, results: Any) -> None:
         while not stop.wait(1.0):
             fresh.append(h2fuzz.normal_infer_error(address, timeout_s=CALL_TIMEOUT_S))
 
-    with grpc.insecure_channel(address) as channel:
+    with grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
         call = channel.unary_unary(h2fuzz.INFER_PATH, request_serializer=None, response_deserializer=None)
         call(body, timeout=30)  # connected
         ready.set()

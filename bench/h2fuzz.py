@@ -491,7 +491,9 @@ def call_infer(channel: grpc.Channel, body: bytes, timeout_s: float = NORMAL_TIM
 def normal_infer_error(address: str, seed: int = 0, timeout_s: float = NORMAL_TIMEOUT_S) -> str | None:
     """None when a normal ModelInfer on `identity`, on a fresh connection, is answered correctly."""
     values = np.random.default_rng(seed).random((1, IDENTITY_WIDTH), dtype=np.float32)
-    with grpc.insecure_channel(address) as channel:
+    # grpc-core shares connections between channels to one address unless told not to: a local
+    # subchannel pool makes this call open its own.
+    with grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
         call = channel.unary_unary(INFER_PATH, request_serializer=None, response_deserializer=None)
         try:
             body = call(identity_request(values).SerializeToString(), timeout=timeout_s)
