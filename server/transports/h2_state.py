@@ -43,6 +43,7 @@ MIN_MAX_FRAME_BYTES, MAX_MAX_FRAME_BYTES = 16384, 2**24 - 1  # SETTINGS_MAX_FRAM
 HEADER_TABLE_BYTES = 4096  # our decoder's dynamic table (announced; RFC 7541's default)
 HEADER_CACHE_ENTRIES = 64  # distinct reference-only header blocks remembered per connection
 CLOSED_STREAMS_REMEMBERED = 128  # how each recent stream closed, to answer late frames on it by the RFC
+FREE_WINDOW_UPDATES = 16  # WINDOW_UPDATEs our sent frames paid for that may be banked
 IDLE_WITHOUT_CALLS_PING_INTERVAL_S = 7200.0  # grpc-core: pings allowed this often with no call and no permit
 
 CONNECTION_SPECIFIC_HEADERS = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
@@ -253,6 +254,9 @@ class H2ServerConnection:
         self.keepalive_sent_s: float | None = None
         self.pings_without_data = 0
         self.sent_count_at_keepalive = 0
+        self.sent_count_at_window_update = 0
+        self.free_window_updates = 0
+        self.blocked: dict[int, H2Stream] = {}  # streams with DATA waiting for send window (the application's)
 
     # -- hooks -------------------------------------------------------------------------------
 
@@ -283,7 +287,7 @@ class H2ServerConnection:
         """The last open stream left the table."""
 
     def _on_send_window(self, stream: H2Stream | None) -> None:
-        """A send window grew: the stream's, or with None the connection's or every stream's."""
+        """A send window grew for streams in `blocked`: the stream's, or with None the connection's or all."""
 
     def _on_peer_goaway(self) -> None:
         """The client sends no new streams."""
@@ -630,7 +634,7 @@ class H2ServerConnection:
                 if stream.send_window > MAX_WINDOW_BYTES:
                     raise H2ConnectionError(FLOW_CONTROL_ERROR, f"SETTINGS_INITIAL_WINDOW_SIZE takes stream "
                                                                 f"{stream.id}'s window above 2^31-1")
-            if delta > 0:
+            if delta > 0 and self.blocked:
                 self._on_send_window(None)
 
     def _recv_ping(self, flags: int, stream_id: int, payload: bytes) -> None:
@@ -643,7 +647,9 @@ class H2ServerConnection:
                 self.keepalive_sent_s = None
             return
         limits = self.limits
-        if self.pings.spend(self.now):
+        # As grpc-core sees it, only PINGs with no DATA or HEADERS sent since the last one can be
+        # abuse (BDP probes follow our answers): those count, against both the budget and the strikes.
+        if self.sent_count == self.sent_count_at_ping and self.pings.spend(self.now):
             raise H2ConnectionError(ENHANCE_YOUR_CALM, f"more than {limits.max_pings_per_window} PINGs in "
                                     f"{limits.budget_window_s:g} s", "too_many_pings")
         if self._is_ping_strike_out():
@@ -677,7 +683,16 @@ class H2ServerConnection:
     def _recv_window_update(self, stream_id: int, payload: bytes) -> None:
         if len(payload) != 4:
             raise H2ConnectionError(FRAME_SIZE_ERROR, f"a WINDOW_UPDATE of {len(payload)} bytes (expected 4)")
-        if self.window_updates.spend(self.now):
+        # Clients give window back as our answers arrive (grpc-core: one or two per call), so each
+        # DATA or HEADERS frame we sent pays for one WINDOW_UPDATE (up to FREE_WINDOW_UPDATES banked);
+        # only the rest count against the budget.
+        if self.sent_count != self.sent_count_at_window_update:
+            self.free_window_updates = min(FREE_WINDOW_UPDATES, self.free_window_updates + self.sent_count
+                                           - self.sent_count_at_window_update)
+            self.sent_count_at_window_update = self.sent_count
+        if self.free_window_updates:
+            self.free_window_updates -= 1
+        elif self.window_updates.spend(self.now):
             raise H2ConnectionError(ENHANCE_YOUR_CALM, f"more than {self.limits.max_window_updates_per_window} "
                                     f"WINDOW_UPDATEs in {self.limits.budget_window_s:g} s", "too_many_window_updates")
         increment = int.from_bytes(payload, "big") & 0x7FFFFFFF
@@ -688,7 +703,8 @@ class H2ServerConnection:
                 raise H2ConnectionError(FLOW_CONTROL_ERROR, f"a connection WINDOW_UPDATE of {increment} takes the "
                                                             "window above 2^31-1")
             self.send_window += increment
-            self._on_send_window(None)
+            if self.blocked:
+                self._on_send_window(None)
             return
         stream = self.streams.get(stream_id)
         if stream is None:
@@ -701,7 +717,8 @@ class H2ServerConnection:
             raise H2StreamError(stream_id, FLOW_CONTROL_ERROR, f"a WINDOW_UPDATE takes stream {stream_id}'s window "
                                                                "above 2^31-1")
         stream.send_window += increment
-        self._on_send_window(stream)
+        if stream_id in self.blocked:
+            self._on_send_window(stream)
 
     # -- stream states -----------------------------------------------------------------------
 

@@ -182,7 +182,6 @@ class Http2Connection(H2ServerConnection, asyncio.Protocol):
         self.access = server.access
         self.transport: asyncio.Transport | None = None
         self.writer: FrameWriter | None = None
-        self.blocked: dict[int, Stream] = {}  # streams with bytes waiting for window
         self.drained: asyncio.Future[None] | None = None
         self.ticker: asyncio.TimerHandle | None = None
         self._loop = loop
@@ -540,7 +539,7 @@ class Http2Connection(H2ServerConnection, asyncio.Protocol):
             for stream in list(self.blocked.values()):
                 if self.send_window <= 0:
                     return
-                self._flush_stream(stream)
+                self._flush_stream(stream)  # type: ignore[arg-type]  # blocked holds only Streams
         elif h2_stream.id in self.blocked:
             self._flush_stream(cast(Stream, h2_stream))
 

@@ -493,3 +493,16 @@ def test_keepalive_stops_after_max_pings_without_data() -> None:
     c.sent_count += 1
     c.tick(c.clock_s + 40)
     assert [f[0] for f in c.frames()] == [PING]
+
+
+def test_window_updates_and_pings_that_follow_our_answers_are_free() -> None:
+    """grpc-core clients return window (and send BDP PINGs) as answers arrive: at 5,000 calls/s that
+    is tens of thousands a window, none of which is a flood."""
+    c = Recorder(Http2Limits(max_window_updates_per_window=20, max_pings_per_window=5)).start()
+    c.receive(c.headers(1))
+    for _ in range(200):
+        c.sent_count += 1  # a DATA frame of ours
+        c.receive(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", 10)) + frame(PING, 0, 0, bytes(8)))
+    assert not c.is_closed
+    c.receive(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", 10)) * 40)  # with nothing sent, they count
+    assert c.goaway_code() == h2_state.ENHANCE_YOUR_CALM
