@@ -24,8 +24,10 @@ Covered, as h2spec names them:
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import struct
+import threading
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -63,6 +65,7 @@ from infergate.server.transports.h2_state import (
     WINDOW_UPDATE,
     frame,
 )
+from infergate.server.transports.native import Http2Limits, Http2Server, Route
 
 from harness import EXTRA_SERVE_ARGS, ServerProcess, start_server
 
@@ -599,3 +602,69 @@ def test_goaways_are_counted_on_metrics_and_logged_sparingly(server: ServerProce
     assert counts['reason="frame_size_error"'] >= 30
     lines = [line for line in server.log if "closing an HTTP/2 connection" in line]
     assert len(lines) <= 5  # one line per 10 s at most, not one per GOAWAY
+
+
+# -- timeouts, over real sockets, on an in-process server with short limits -------------------------
+
+
+@pytest.fixture(scope="module")
+def short_timeouts() -> Iterator[tuple[str, Http2Server]]:
+    """A native server (ServerLive only) whose timeouts are tenths of a second, on its own loop."""
+    async def live(body: bytes, context: object) -> bytes:
+        return b"\x08\x01"
+
+    limits = Http2Limits(preface_timeout_s=0.2, idle_timeout_s=0.3, message_read_timeout_s=0.2,
+                         header_block_timeout_s=0.2)
+    server = Http2Server({LIVE.encode(): Route(unary=live)}, 1 << 20, limits=limits)
+    loop = asyncio.new_event_loop()
+    port = loop.run_until_complete(server.start("127.0.0.1:0"))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{port}", server
+    asyncio.run_coroutine_threadsafe(server.stop(1.0), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
+
+
+def test_a_silent_connection_is_closed_after_the_preface_timeout(short_timeouts: tuple[str, Http2Server]) -> None:
+    address, server = short_timeouts
+    host, _, port = address.rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        received = b""
+        while chunk := sock.recv(65536):  # returns when the server closes (the socket timeout bounds it)
+            received += chunk
+    assert b"no client preface" in received
+
+
+def test_an_idle_connection_is_sent_away(short_timeouts: tuple[str, Http2Server]) -> None:
+    address, _ = short_timeouts
+    p = Peer(address)
+    try:
+        _answered(p)
+        frames = p.until_end()
+        assert goaway_codes(frames) == [0] and b"no calls for 0.3 s" in [f[3] for f in frames if f[0] == GOAWAY][0]
+    finally:
+        p.close()
+
+
+def test_a_message_that_stops_arriving_is_cancelled(short_timeouts: tuple[str, Http2Server]) -> None:
+    address, _ = short_timeouts
+    p = Peer(address)
+    try:
+        p.send(p.headers(1), frame(DATA, 0, 1, b"\x00\x00\x00\x00\x10half"))
+        trailers = _serves(p)
+        assert trailers[b"grpc-status"] == b"1" and b"stopped arriving" in trailers[b"grpc-message"]
+    finally:
+        p.close()
+
+
+def test_a_header_block_left_unfinished_ends_the_connection(short_timeouts: tuple[str, Http2Server]) -> None:
+    address, server = short_timeouts
+    p = Peer(address)
+    try:
+        p.send(frame(HEADERS, 0, 1, p.block()[:4]))
+        assert goaway_codes(p.until_end()) == [ENHANCE_YOUR_CALM]
+        assert server.goaways["header_block_timeout"] >= 1
+    finally:
+        p.close()
