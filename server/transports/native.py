@@ -499,6 +499,8 @@ class Http2Connection(H2ServerConnection, asyncio.Protocol):
             return
         stream.is_done = True
         self._cancel_work(stream)
+        if stream.inbox:
+            self._release_inbox(stream)
         block = status_trailers(code, message) if code or message else OK_TRAILERS
         if not stream.is_headers_sent:
             stream.is_headers_sent = True
@@ -563,9 +565,15 @@ class Http2Connection(H2ServerConnection, asyncio.Protocol):
             stream.timer.cancel()
             stream.timer = None
         stream.outbox.clear()
-        stream.inbox.clear()
+        if stream.inbox:
+            self._release_inbox(stream)
         stream.trailers = None
         self.blocked.pop(stream.id, None)
+
+    def _release_inbox(self, stream: Stream) -> None:
+        """Request bytes no call will take: the connection's window gets them back."""
+        self.consume(None, len(stream.inbox))
+        stream.inbox.clear()
 
     def _on_stream_reset(self, h2_stream: H2Stream) -> None:
         self._drop(cast(Stream, h2_stream))

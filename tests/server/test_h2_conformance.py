@@ -514,6 +514,7 @@ def test_a_window_of_one_byte(server: ServerProcess, settings: bytes) -> None:
         assert sum(len(f[3]) for f in rest if f[0] == DATA) == 6
     finally:
         p.close()
+    assert call_with_h2(server.address)[b"grpc-status"] == b"0"
 
 
 def test_http2_6_9_2_window_changes_after_the_stream_opened(server: ServerProcess) -> None:
@@ -529,6 +530,7 @@ def test_http2_6_9_2_window_changes_after_the_stream_opened(server: ServerProces
         assert sum(len(f[3]) for f in p.until_trailers(1) if f[0] == DATA) == 4
     finally:
         p.close()
+    assert call_with_h2(server.address)[b"grpc-status"] == b"0"
 
 
 def test_http2_6_5_3_settings_are_acknowledged(peer: Peer) -> None:
@@ -602,6 +604,7 @@ def test_goaways_are_counted_on_metrics_and_logged_sparingly(server: ServerProce
     assert counts['reason="frame_size_error"'] >= 30
     lines = [line for line in server.log if "closing an HTTP/2 connection" in line]
     assert len(lines) <= 5  # one line per 10 s at most, not one per GOAWAY
+    assert call_with_h2(server.address)[b"grpc-status"] == b"0"
 
 
 # -- timeouts, over real sockets, on an in-process server with short limits -------------------------

@@ -433,3 +433,20 @@ def test_a_stream_of_tiny_messages_starts_no_more_tasks_than_the_cap() -> None:
         await asyncio.sleep(0)
 
     run(scenario)
+
+
+@pytest.mark.parametrize("ending", ["client reset", "read timeout"])
+def test_a_call_that_ends_with_a_partial_message_gives_its_bytes_back(ending: str) -> None:
+    async def scenario() -> None:
+        connection, transport = await _connect(ROUTES, limits=Http2Limits(message_read_timeout_s=5))
+        window = connection.connection_window
+        connection.data_received(frame(HEADERS, END_HEADERS, 1, _headers("/small"))
+                                 + frame(DATA, 0, 1, b"\0" + (1 << 20).to_bytes(4, "big") + bytes(300_000)))
+        assert connection.recv_window + connection.unacked_bytes == window - 300_005
+        if ending == "client reset":
+            connection.data_received(frame(RST_STREAM, 0, 1, struct.pack(">I", h2_state.CANCEL)))
+        else:
+            connection.tick(connection.now + 5)
+        assert connection.recv_window + connection.unacked_bytes == window and 1 not in connection.streams
+
+    run(scenario)
