@@ -303,7 +303,7 @@ def _requested_outputs(request: pb.ModelInferRequest, io: ModelIO, regions: Shar
             place = _shm_params(tensor, output.parameters)
             if regions is None:
                 raise InvalidInput(f"{tensor} is in shared memory, which this endpoint does not support")
-            regions.prepare_output(tensor, *place)  # bounds and a writable mapping, before the model runs
+            regions.prepare_output(tensor, *place)  # bounds and a writable descriptor, before the model runs
             output_regions[output.name] = place
         names.append(output.name)
     return names, output_regions

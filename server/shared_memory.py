@@ -1,16 +1,20 @@
 """System shared-memory regions that clients register to pass tensors without copying them over gRPC.
 
 A key reaches only a regular file directly inside /dev/shm: it must follow shm_open's rules, and
-it is opened relative to that directory with O_NOFOLLOW. A region is mapped read-only; it is
-mapped writable only when a request first asks for an output in it, and only if the server may
-write the file.
+it is opened relative to that directory with O_NOFOLLOW. A region holds a read-only descriptor;
+a writable one is opened only when a request first asks for an output in it, and only if the
+server may write the file.
+
+Nothing is mmap'ed. A client sharing the host can truncate its file at any moment, and touching a
+mapped page past the file's end raises SIGBUS, which kills the whole server; no size check before
+the access closes that window. pread and pwrite on the descriptors instead meet a shrunk file as
+a short read (or a regrown file), which fails that one request with INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import mmap
 import os
 import stat
 from dataclasses import dataclass
@@ -39,11 +43,9 @@ class Region:
     key: str
     offset: int  # where the region starts in the file
     byte_size: int
-    fd: int  # read-only, held for the region's lifetime: fstat per use, and identity for reopening
+    fd: int  # read-only, held for the region's lifetime: inputs are pread from it
     file_id: tuple[int, int]  # (st_dev, st_ino) of the file at registration
-    memory: mmap.mmap  # read-only mapping of the region, starting `skip` bytes before it
-    skip: int  # offset minus the page-aligned start of the mapping
-    writable: mmap.mmap | None = None  # made on the first output into this region
+    write_fd: int | None = None  # write-only, opened on the first output into this region
 
 
 def key_problem(key: str) -> str | None:
@@ -116,20 +118,17 @@ class SharedMemoryRegions:
             if offset + byte_size > info.st_size:
                 raise InvalidInput(f"{where}: offset {offset} + byte_size {byte_size} exceeds the "
                                    f"{info.st_size} bytes of key '{key}'")
-            skip = offset % mmap.ALLOCATIONGRANULARITY
-            memory = mmap.mmap(fd, skip + byte_size, access=mmap.ACCESS_READ, offset=offset - skip)
         except BaseException:
             os.close(fd)
             raise
-        self._regions[name] = Region(name, key, offset, byte_size, fd, (info.st_dev, info.st_ino), memory, skip)
+        self._regions[name] = Region(name, key, offset, byte_size, fd, (info.st_dev, info.st_ino))
 
     def unregister(self, name: str) -> None:
         """Unregisters one region, or all when name is ""; an unknown name is not an error."""
         names = [name] if name else list(self._regions)
         for region in [self._regions.pop(n) for n in names if n in self._regions]:
-            for memory in (region.memory, region.writable):
-                if memory is not None:
-                    memory.close()
+            if region.write_fd is not None:
+                os.close(region.write_fd)
             os.close(region.fd)
 
     def status(self, name: str) -> list[Region]:
@@ -146,25 +145,47 @@ class SharedMemoryRegions:
     def read(self, tensor: str, name: str, offset: int, byte_size: int) -> bytes:
         """A copy of bytes [offset, offset + byte_size) of a region, relative to its registered offset.
 
-        Copied at once, so a client that truncates its file afterwards cannot fault the server
-        (SIGBUS) while a batch reads the tensor."""
+        One pread into a new buffer, which the caller owns: a file that shrinks is a short read,
+        never a fault, and later truncation cannot touch the copy."""
         region = self._region_for(tensor, name, offset, byte_size)
-        start = region.skip + offset
-        return region.memory[start:start + byte_size]
+        start = region.offset + offset
+        try:
+            data = os.pread(region.fd, byte_size, start)
+            if len(data) < byte_size:  # end of file, or one read's ceiling (0x7ffff000 bytes on Linux)
+                data = self._read_rest(region, data, start, byte_size)
+        except OSError as exc:
+            raise InvalidInput(f"{tensor}: reading {byte_size} bytes at offset {offset} of shared memory region "
+                               f"'{name}' (key '{region.key}') failed: {exc.strerror}") from None
+        if len(data) < byte_size:
+            raise InvalidInput(
+                f"{tensor}: shared memory region '{name}' (key '{region.key}') gave {len(data)} of the {byte_size} "
+                f"bytes at offset {offset}: the file has shrunk since it was registered, and the region needs "
+                f"{region.offset + region.byte_size} bytes of it")
+        return data
 
     def prepare_output(self, tensor: str, name: str, offset: int, byte_size: int) -> None:
-        """Checks an output's place in a region and maps the region writable, before the model runs."""
+        """Checks an output's place in a region and opens the region for writing, before the model runs."""
         region = self._region_for(tensor, name, offset, byte_size)
-        if region.writable is None:
-            region.writable = self._map_writable(tensor, region)
+        self._check_size(tensor, region)
+        if region.write_fd is None:
+            region.write_fd = self._open_writable(tensor, region)
 
     def write(self, tensor: str, name: str, offset: int, data: bytes) -> None:
-        """Writes data at offset of a region that prepare_output has mapped writable."""
+        """Writes data at offset of a region that prepare_output has opened for writing."""
         region = self._region_for(tensor, name, offset, len(data))
-        if region.writable is None:
-            region.writable = self._map_writable(tensor, region)
-        start = region.skip + offset
-        region.writable[start:start + len(data)] = data
+        self._check_size(tensor, region)
+        if region.write_fd is None:
+            region.write_fd = self._open_writable(tensor, region)
+        start, view, done = region.offset + offset, memoryview(data), 0
+        try:
+            while done < len(data):
+                written = os.pwrite(region.write_fd, view[done:], start + done)
+                if written == 0:
+                    raise OSError(errno.EIO, "the write made no progress")
+                done += written
+        except OSError as exc:
+            raise InvalidInput(f"{tensor}: writing {len(data)} bytes at offset {offset} of shared memory region "
+                               f"'{name}' (key '{region.key}') failed after {done}: {exc.strerror}") from None
 
     def _region_for(self, tensor: str, name: str, offset: int, byte_size: int) -> Region:
         region = self._regions.get(name)
@@ -177,17 +198,36 @@ class SharedMemoryRegions:
             raise InvalidInput(
                 f"{tensor}: shared memory offset {offset} + byte_size {byte_size} exceeds region '{name}' "
                 f"of {region.byte_size} bytes")
+        return region
+
+    @staticmethod
+    def _read_rest(region: Region, data: bytes, start: int, byte_size: int) -> bytes:
+        """data and what follows it up to byte_size bytes, stopping early only at the end of the file."""
+        parts = [data]
+        got = len(data)
+        while got < byte_size:
+            more = os.pread(region.fd, byte_size - got, start + got)
+            if not more:
+                break
+            parts.append(more)
+            got += len(more)
+        return b"".join(parts)
+
+    @staticmethod
+    def _check_size(tensor: str, region: Region) -> None:
+        """Refuses an output into a file that has shrunk: pwrite would silently regrow it, not fail.
+
+        Advisory only (the file may shrink right after); the pwrite itself cannot fault."""
         size = os.fstat(region.fd).st_size
         if region.offset + region.byte_size > size:
             raise InvalidInput(
-                f"{tensor}: shared memory region '{name}' needs {region.offset + region.byte_size} bytes of key "
-                f"'{region.key}', but the file has shrunk to {size} bytes since it was registered")
-        return region
+                f"{tensor}: shared memory region '{region.name}' needs {region.offset + region.byte_size} bytes of "
+                f"key '{region.key}', but the file has shrunk to {size} bytes since it was registered")
 
-    def _map_writable(self, tensor: str, region: Region) -> mmap.mmap:
+    def _open_writable(self, tensor: str, region: Region) -> int:
         where = f"{tensor}: shared memory region '{region.name}' (key '{region.key}')"
         try:
-            fd = _open_in_shm_dir(region.key, os.O_RDWR)
+            fd = _open_in_shm_dir(region.key, os.O_WRONLY)
         except OSError as exc:
             raise InvalidInput(f"{where} is not writable by the server: {exc.strerror}") from None
         try:
@@ -196,7 +236,7 @@ class SharedMemoryRegions:
                 raise InvalidInput(f"{where}: the key names a different file than when the region was registered")
             if not info.st_mode & WRITE_BITS:
                 raise InvalidInput(f"{where} is not writable by the server: {os.strerror(errno.EACCES)}")
-            start = region.offset - region.skip
-            return mmap.mmap(fd, region.skip + region.byte_size, access=mmap.ACCESS_WRITE, offset=start)
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        return fd

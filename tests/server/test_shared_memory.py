@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import mmap
 import os
 import stat
+import threading
+import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,9 +23,13 @@ from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 from infergate.models.errors import InvalidInput
 from infergate.server.shared_memory import NAME_MAX, SHM_DIR, SharedMemoryRegions, key_problem
 
+from harness import start_server
+
 X = np.random.default_rng(9).standard_normal((3, 16)).astype(np.float32)
 IDENTITY_TYPES = ("BOOL", "UINT8", "INT8", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES")  # identity_all's
 SECRET = b"TOPSECRET-42"  # 12 bytes: an identity_all UINT8 input of shape [4, 3] would echo it back
+TRUNCATION_S = 2.0  # how long a client truncates and regrows its region while inferences use it
+TRUNCATION_CALLS = 2000  # at most this many inferences meanwhile
 
 
 @pytest.fixture()
@@ -289,36 +299,125 @@ def test_output_into_read_only_file_fails_cleanly(client: grpcclient.InferenceSe
     assert path.read_bytes() == bytes(range(12))
 
 
+def _add_sub_in_region(region: str) -> tuple[list[grpcclient.InferInput], list[grpcclient.InferRequestedOutput]]:
+    """add_sub_nobatch's inputs and outputs, one to a page of the region so each use touches its own page."""
+    inputs = [grpcclient.InferInput(f"INPUT{i}", [4], "INT32") for i in range(2)]
+    outputs = [grpcclient.InferRequestedOutput(f"OUTPUT{i}") for i in range(2)]
+    for page, tensor in enumerate([*inputs, *outputs]):
+        tensor.set_shared_memory(region, 16, page * mmap.PAGESIZE)
+    return inputs, outputs
+
+
+def test_server_survives_truncation_during_inference(test_repository: Path, shm_name: str) -> None:
+    """A client that truncates and regrows its file while requests read and write its region gets
+    INVALID_ARGUMENT at worst: the server never touches a page past the file's end (SIGBUS would kill it)."""
+    path, size = Path(SHM_DIR, shm_name), 4 * mmap.PAGESIZE
+    path.write_bytes(bytes(size))
+    server = start_server("--model-repository", str(test_repository))  # its own: a crash must not take the others'
+    stop = threading.Event()
+
+    def truncate_and_regrow() -> None:
+        while not stop.is_set():
+            os.truncate(path, 0)
+            os.truncate(path, size)
+
+    truncator = threading.Thread(target=truncate_and_regrow, daemon=True)
+    outcomes: Counter[str] = Counter()
+    messages: set[str] = set()
+    try:
+        with grpcclient.InferenceServerClient(server.address) as client:
+            client.register_system_shared_memory("t", "/" + shm_name, size)
+            inputs, outputs = _add_sub_in_region("t")
+            truncator.start()
+            deadline = time.monotonic() + TRUNCATION_S
+            for _ in range(TRUNCATION_CALLS):
+                if time.monotonic() > deadline:
+                    break
+                try:
+                    client.infer("add_sub_nobatch", inputs, outputs=outputs)
+                except InferenceServerException as error:
+                    outcomes[str(error.status())] += 1
+                    messages.add(error.message())
+                    if error.status() != "StatusCode.INVALID_ARGUMENT":
+                        break
+                else:
+                    outcomes["OK"] += 1
+            stop.set()
+            truncator.join()
+            assert server.process.poll() is None, f"the server died ({outcomes}):\n" + "".join(server.log[-20:])
+            assert set(outcomes) <= {"OK", "StatusCode.INVALID_ARGUMENT"}, (outcomes, messages)
+            assert outcomes["StatusCode.INVALID_ARGUMENT"] > 0, outcomes  # the race was run, not missed
+            assert all("shared memory region 't'" in message for message in messages), messages
+            tensors = [grpcclient.InferInput(f"INPUT{i}", [4], "INT32") for i in range(2)]
+            for tensor in tensors:
+                tensor.set_data_from_numpy(np.array([1, 2, 3, 4], np.int32))
+            assert client.infer("add_sub_nobatch", tensors).as_numpy("OUTPUT0").tolist() == [2, 4, 6, 8]
+            words = np.zeros(size // 4, np.int32)  # the region still works once the file holds still
+            page = mmap.PAGESIZE // 4
+            words[:4], words[page:page + 4] = [1, 2, 3, 4], [10, 20, 30, 40]
+            path.write_bytes(words.tobytes())
+            client.infer("add_sub_nobatch", inputs, outputs=outputs)
+            words = np.frombuffer(path.read_bytes(), np.int32)
+            assert words[2 * page:2 * page + 4].tolist() == [11, 22, 33, 44]
+            client.unregister_system_shared_memory()
+    finally:
+        stop.set()
+        if truncator.is_alive():
+            truncator.join()
+        server.stop()
+
+
 # -- SharedMemoryRegions itself, without a server ------------------------------------------
 
 
-def test_input_region_is_mapped_read_only(shm_name: str) -> None:
+def test_region_descriptors(shm_name: str) -> None:
+    """Read-only until the first output, then one write-only descriptor more; both close-on-exec, both
+    closed by unregister."""
     Path(SHM_DIR, shm_name).write_bytes(bytes(range(16)))
     regions = SharedMemoryRegions()
     regions.register("r", "/" + shm_name, 4, 8)
+    region = regions.status("r")[0]
     try:
         assert regions.read("input 'x'", "r", 2, 4) == bytes([6, 7, 8, 9])
-        region = regions.status("r")[0]
-        assert region.writable is None
-        with pytest.raises(TypeError, match="readonly"):
-            region.memory[0:1] = b"x"
+        assert region.write_fd is None
+        with pytest.raises(OSError) as info:
+            os.write(region.fd, b"x")
+        assert info.value.errno == errno.EBADF
         regions.prepare_output("output 'y'", "r", 0, 8)
         regions.write("output 'y'", "r", 6, b"\xff\xfe")
         assert Path(SHM_DIR, shm_name).read_bytes()[8:12] == bytes([8, 9, 0xFF, 0xFE])
+        assert region.write_fd is not None
+        write_fd = region.write_fd
+        regions.prepare_output("output 'y'", "r", 0, 8)
+        assert region.write_fd == write_fd  # opened once
+        for fd in (region.fd, write_fd):
+            assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+        assert os.get_blocking(region.fd) is False  # O_NONBLOCK from open, harmless for a regular file
     finally:
         regions.unregister("")
+    for fd in (region.fd, write_fd):
+        with pytest.raises(OSError) as info:
+            os.fstat(fd)
+        assert info.value.errno == errno.EBADF
 
 
 def test_file_replaced_or_shrunk_after_registration(shm_name: str) -> None:
     path = Path(SHM_DIR, shm_name)
-    path.write_bytes(bytes(16))
+    path.write_bytes(bytes(range(16)))
     regions = SharedMemoryRegions()
     regions.register("r", "/" + shm_name, 0, 16)
     try:
         os.truncate(path, 8)
+        assert regions.read("input 'x'", "r", 0, 4) == bytes(range(4))  # still in the file
+        for offset, got in ((4, 4), (12, 0)):
+            with pytest.raises(InvalidInput) as info:
+                regions.read("input 'x'", "r", offset, 8 - offset // 3)
+            assert info.value.message == (
+                f"input 'x': shared memory region 'r' (key '/{shm_name}') gave {got} of the {8 - offset // 3} bytes "
+                f"at offset {offset}: the file has shrunk since it was registered, and the region needs 16 bytes of it")
         with pytest.raises(InvalidInput) as info:
-            regions.read("input 'x'", "r", 0, 4)
-        assert info.value.message == (f"input 'x': shared memory region 'r' needs 16 bytes of key '/{shm_name}', "
+            regions.prepare_output("output 'y'", "r", 0, 4)
+        assert info.value.message == (f"output 'y': shared memory region 'r' needs 16 bytes of key '/{shm_name}', "
                                       "but the file has shrunk to 8 bytes since it was registered")
         os.truncate(path, 16)
         path.unlink()
