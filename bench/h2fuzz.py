@@ -609,9 +609,9 @@ def code_identity(note: str = "") -> dict[str, Any]:
         except (OSError, subprocess.TimeoutExpired):
             return "unknown"
 
-    import infergate.server.http2 as http2
+    import infergate.server as server_package
 
     return {"git_commit": git("rev-parse", "HEAD"),
             "server_files_changed_since_commit": len(git("status", "--porcelain", "--", "server").splitlines()),
-            "server_code": str(Path(http2.__file__).resolve().parent),
+            "server_code": str(Path(server_package.__file__).resolve().parent),
             "python": sys.version.split()[0], "code_note": note}
