@@ -211,6 +211,17 @@ class H2ServerConnection:
     """The server side of one HTTP/2 connection, sans I/O (python-hyper's h2 keeps it the same way)."""
 
     stream_class: type[H2Stream] = H2Stream  # what a new stream is: (connection, stream id, request fields)
+    # Slots: past 30 attributes CPython stops sharing instance-dict keys and every `self.x` costs a
+    # dict lookup, which the per-call path cannot afford.
+    __slots__ = ("limits", "clock", "buffer", "has_preface", "has_settings", "is_closed", "decoder", "streams",
+                 "closed", "last_stream_id", "peer_initial_window", "peer_max_frame", "send_window",
+                 "connection_window", "recv_window", "unacked_bytes", "header_block", "header_block_frames",
+                 "header_block_started_s", "header_cache", "table_size_update", "encoder_table_bytes",
+                 "is_going_away", "is_peer_going_away", "resets", "pings", "settings_frames", "empty_frames",
+                 "window_updates", "started_s", "last_read_s", "idle_since_s", "now", "has_read", "sent_count",
+                 "ping_strikes",
+                 "last_ping_recv_s", "sent_count_at_ping", "keepalive_sent_s", "pings_without_data",
+                 "sent_count_at_keepalive", "sent_count_at_window_update", "free_window_updates", "blocked")
 
     def __init__(self, limits: Http2Limits, clock: Callable[[], float], connection_window_bytes: int) -> None:
         now = clock()
@@ -246,7 +257,10 @@ class H2ServerConnection:
         self.settings_frames = SlidingWindowBudget(limits.max_settings_per_window, window_s, now)
         self.empty_frames = SlidingWindowBudget(limits.max_empty_frames_per_window, window_s, now)
         self.window_updates = SlidingWindowBudget(limits.max_window_updates_per_window, window_s, now)
+        # `now` is a coarse clock: set here and by each tick (a fraction of a second apart), so reading
+        # frames never asks the time; budgets, deadlines and idleness are all coarser than a tick.
         self.started_s = self.last_read_s = self.idle_since_s = self.now = now
+        self.has_read = False  # bytes arrived since the last tick
         self.sent_count = 0  # DATA/HEADERS we sent: keepalive and ping strikes start over after each
         self.ping_strikes = 0
         self.last_ping_recv_s = float("-inf")
@@ -284,7 +298,7 @@ class H2ServerConnection:
         """The stream was reset by the client or by a stream error: drop its work, send nothing more."""
 
     def _on_all_streams_closed(self) -> None:
-        """The last open stream left the table."""
+        """The last open stream left the table of a connection that is going away."""
 
     def _on_send_window(self, stream: H2Stream | None) -> None:
         """A send window grew for streams in `blocked`: the stream's, or with None the connection's or all."""
@@ -301,7 +315,7 @@ class H2ServerConnection:
         """Feeds bytes read from the client; writes what they call for."""
         if self.is_closed:
             return
-        self.last_read_s = self.now = self.clock()
+        self.has_read = True
         buffer = self.buffer
         buffer += data
         if not self.has_preface:
@@ -686,10 +700,11 @@ class H2ServerConnection:
         # Clients give window back as our answers arrive (grpc-core: one or two per call), so each
         # DATA or HEADERS frame we sent pays for one WINDOW_UPDATE (up to FREE_WINDOW_UPDATES banked);
         # only the rest count against the budget.
-        if self.sent_count != self.sent_count_at_window_update:
-            self.free_window_updates = min(FREE_WINDOW_UPDATES, self.free_window_updates + self.sent_count
-                                           - self.sent_count_at_window_update)
-            self.sent_count_at_window_update = self.sent_count
+        sent_count = self.sent_count
+        if sent_count != self.sent_count_at_window_update:
+            free = self.free_window_updates + sent_count - self.sent_count_at_window_update
+            self.free_window_updates = free if free < FREE_WINDOW_UPDATES else FREE_WINDOW_UPDATES
+            self.sent_count_at_window_update = sent_count
         if self.free_window_updates:
             self.free_window_updates -= 1
         elif self.window_updates.spend(self.now):
@@ -736,8 +751,9 @@ class H2ServerConnection:
         if len(closed) > 2 * CLOSED_STREAMS_REMEMBERED:
             self._remember_closed(stream.id, closed_by)
         if self.streams.pop(stream.id, None) is not None and not self.streams:
-            self.idle_since_s = self.clock()
-            self._on_all_streams_closed()
+            self.idle_since_s = self.now
+            if self.is_going_away or self.is_peer_going_away:
+                self._on_all_streams_closed()
 
     def _remember_closed(self, stream_id: int, closed_by: ClosedBy) -> None:
         closed = self.closed
@@ -821,6 +837,9 @@ class H2ServerConnection:
         if self.is_closed:
             return
         self.now = now
+        if self.has_read:
+            self.has_read = False
+            self.last_read_s = now
         limits = self.limits
         if not self.has_settings:
             if limits.preface_timeout_s and now - self.started_s >= limits.preface_timeout_s:

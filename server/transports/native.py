@@ -172,6 +172,7 @@ class Http2Connection(H2ServerConnection, asyncio.Protocol):
     """One client connection: HTTP/2 from h2_state, calls started on the routes, their answers written."""
 
     stream_class = Stream
+    __slots__ = ("server", "routes", "max_message_bytes", "access", "transport", "writer", "drained", "ticker", "_loop")
 
     def __init__(self, server: Http2Server) -> None:
         loop = asyncio.get_running_loop()
@@ -224,8 +225,7 @@ class Http2Connection(H2ServerConnection, asyncio.Protocol):
         if self.drained is not None and not self.drained.done():
             self.drained.set_result(None)
 
-    def data_received(self, data: bytes) -> None:
-        self.receive(data)
+    data_received = H2ServerConnection.receive
 
     def pause_writing(self) -> None:
         # The client is not reading what we send: stop reading from it, so a peer that floods
@@ -585,8 +585,7 @@ class Http2Connection(H2ServerConnection, asyncio.Protocol):
             self.reset_stream(stream, error_code)
 
     def _on_all_streams_closed(self) -> None:
-        if self.is_going_away or self.is_peer_going_away:
-            self._close_if_idle()
+        self._close_if_idle()
 
 
 def _parse_request_headers(headers: Iterable[tuple[bytes, bytes]], access_names: frozenset[bytes]) -> RequestFields:

@@ -473,10 +473,12 @@ def test_keepalive_pings_and_closes_a_silent_peer() -> None:
     c.tick(c.clock_s + 20)
     assert not c.frames()  # no call open, and pings without calls are not permitted
     c.receive(c.headers(1))
-    c.tick(c.clock_s + 10)
+    c.tick(c.clock_s + 20)  # the tick after the read notes it
+    c.tick(c.clock_s + 30)
     assert [f[0] for f in c.frames()] == [PING]
     c.receive(frame(PING, 1, 0, b"keepaliv"))  # acknowledged
-    c.clock_s += 10
+    c.clock_s += 30
+    c.tick(c.clock_s)
     c.tick(c.clock_s + 10)
     assert [f[0] for f in c.frames()] == [PING]
     c.tick(c.clock_s + 15)
@@ -486,12 +488,14 @@ def test_keepalive_pings_and_closes_a_silent_peer() -> None:
 def test_keepalive_stops_after_max_pings_without_data() -> None:
     c = Recorder(Http2Limits(keepalive_time_s=10, keepalive_timeout_s=5, max_pings_without_data=1,
                              keepalive_permit_without_calls=True, idle_timeout_s=0)).start()
+    c.tick(c.clock_s)  # the tick after the preface notes the read
     c.tick(c.clock_s + 10)
     c.receive(frame(PING, 1, 0, b"keepaliv"))
-    c.tick(c.clock_s + 20)
+    c.tick(c.clock_s + 11)
+    c.tick(c.clock_s + 21)
     assert [f[0] for f in c.frames()] == [PING]  # one, then none until we send data
     c.sent_count += 1
-    c.tick(c.clock_s + 40)
+    c.tick(c.clock_s + 31)
     assert [f[0] for f in c.frames()] == [PING]
 
 
