@@ -80,6 +80,7 @@ class Peer:
     closed_s: float | None = None  # when the server closed the connection
     frames: collections.Counter[str] = field(default_factory=collections.Counter)
     resets: collections.Counter[str] = field(default_factory=collections.Counter)
+    first_reset_s: float | None = None  # when the server first reset one of its calls
     is_retired: bool = False  # the attacker closed it (so a later error is not the server's doing)
 
 
@@ -157,6 +158,8 @@ class Watcher:
                                payload[8:].decode("utf-8", "replace")[:200])
             elif kind == RST_STREAM and len(payload) == 4:
                 peer.resets[h2fuzz.error_name(struct.unpack(">I", payload)[0])] += 1
+                if peer.first_reset_s is None:
+                    peer.first_reset_s = self.elapsed()
 
     def elapsed(self) -> float:
         return round(time.monotonic() - self.started, 3)
@@ -178,9 +181,11 @@ class Watcher:
             peer.sock.close()
         first_goaway = min((p.goaway[0] for p in self.peers if p.goaway), default=None)
         first_close = min((p.closed_s for p in self.peers if p.closed_s is not None), default=None)
+        first_reset = min((p.first_reset_s for p in self.peers if p.first_reset_s is not None), default=None)
         return {"connections": len(self.peers), "got_goaway": sum(p.goaway is not None for p in self.peers),
                 "closed_by_server": sum(p.closed_s is not None for p in self.peers),
-                "first_goaway_s": first_goaway, "first_close_s": first_close, "goaways": dict(goaways),
+                "first_goaway_s": first_goaway, "first_close_s": first_close, "first_reset_s": first_reset,
+                "goaways": dict(goaways),
                 "frames_received": dict(frames), "resets_received": dict(resets)}
 
 
