@@ -5,8 +5,9 @@ control, SETTINGS values, request header rules of section 8) and against the per
 of h2_limits, and answers protocol errors itself: RST_STREAM for a stream error, GOAWAY for a
 connection error. What a valid frame means for the application goes to the `_on_*` hooks a
 subclass implements (the asyncio protocol in native.py, or a recorder in the tests); what is
-written goes through `write`. Time comes from the clock the subclass passes, so timeouts are
-checked by `tick(now)` without timers here.
+written goes through `write`. Time is read once at the start and then moved by `tick(now)`,
+which the owner calls a few times a second and which also checks the timeouts: no timers here, and
+no clock read per frame.
 """
 
 from __future__ import annotations
