@@ -49,7 +49,7 @@ setup(
         "grpcio>=1.66",
         "grpcio-health-checking>=1.66",
         "grpcio-reflection>=1.66",
-        "hpack>=4.0",  # HPACK header decoding for the native HTTP/2 transport (server/http2.py)
+        "hpack>=4.0",  # HPACK header decoding for the native HTTP/2 transport (server/transports/native.py)
         # The committed stubs come from grpcio-tools 1.81 (protobuf gencode 6.33.5);
         # tritonclient 2.73, which clients and tests use, requires protobuf < 7.
         "protobuf>=6.33.5,<8",

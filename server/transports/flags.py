@@ -87,21 +87,22 @@ def add_http2_flags(parser: argparse.ArgumentParser) -> None:
 def http2_limits(args: argparse.Namespace) -> Http2Limits:
     """The Http2Limits the parsed flags ask for (defaults where a flag was not given)."""
     changes: dict[str, object] = {}
+    given: dict[str, str] = {}  # field -> the flag that set it, for error messages
     for flag, field, _ in _TRITON_MS_FLAGS:
         value = getattr(args, _dest(flag), None)
         if value is not None:
-            changes[field] = value / 1000.0
+            changes[field], given[field] = value / 1000.0, f"{flag} {value}"
     if (permit := getattr(args, "grpc_keepalive_permit_without_calls", None)) is not None:
         changes["keepalive_permit_without_calls"] = permit
     for flag, field, _ in _TRITON_INT_FLAGS:
         if (value := getattr(args, _dest(flag), None)) is not None:
-            changes[field] = value
+            changes[field], given[field] = value, f"{flag} {value}"
     for field, _ in _OWN_FLAGS:
         if (value := getattr(args, "grpc_http2_" + field, None)) is not None:
-            changes[field] = value
-    for name, value in changes.items():
+            changes[field], given[field] = value, f"--grpc-http2-{field.replace('_', '-')} {value}"
+    for field, value in changes.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
-            raise ValueError(f"--{name.replace('_', '-')} must not be negative (got {value})")
+            raise ValueError(f"{given[field]}: expected 0 (off) or a positive number")
     return dataclasses.replace(DEFAULT_LIMITS, **changes)  # type: ignore[arg-type]
 
 
