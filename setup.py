@@ -19,7 +19,7 @@ ORT_PACKAGE = "onnxruntime-gpu" if os.environ.get("INFERGATE_GPU") == "1" else "
 TRACING = ["opentelemetry-api>=1.25", "opentelemetry-sdk>=1.25"]
 OTLP = "opentelemetry-exporter-otlp-proto-grpc>=1.25"  # --trace-exporter otlp
 # `infergate bench`: PNG plots and the progress display; the `bench` extra, which `test` includes.
-BENCH = ["matplotlib>=3.8", "rich>=13"]
+BENCH = ["matplotlib>=3.8", "rich>=13", "hypothesis>=6.100", "cryptography>=42"]  # + bench/fuzz.py, bench/certs.py
 
 
 def _kernel_extensions() -> list:  # type: ignore[type-arg]
