@@ -42,7 +42,8 @@ DEFAULT_WINDOW_BYTES = 65535  # HTTP/2's initial window, both ways, until SETTIN
 MAX_WINDOW_BYTES = 2**31 - 1
 MIN_MAX_FRAME_BYTES, MAX_MAX_FRAME_BYTES = 16384, 2**24 - 1  # SETTINGS_MAX_FRAME_SIZE's legal range
 HEADER_TABLE_BYTES = 4096  # our decoder's dynamic table (announced; RFC 7541's default)
-HEADER_CACHE_ENTRIES = 64  # distinct reference-only header blocks remembered per connection
+HEADER_CACHE_ENTRIES = 64  # distinct table-neutral header blocks remembered per connection
+HEADER_CACHE_BLOCK_BYTES = 4096  # longest header block cached: a full cache keeps at most 256 KiB of blocks
 CLOSED_STREAMS_REMEMBERED = 128  # how each recent stream closed, to answer late frames on it by the RFC
 FREE_WINDOW_UPDATES = 16  # WINDOW_UPDATEs our sent frames paid for that may be banked
 IDLE_WITHOUT_CALLS_PING_INTERVAL_S = 7200.0  # grpc-core: pings allowed this often with no call and no permit
@@ -208,6 +209,70 @@ def strip_padding(flags: int, payload: bytes, stream_id: int, extra: int = 0) ->
     return payload[1 + extra:len(payload) - payload[0]]
 
 
+def is_table_neutral_block(block: bytes) -> bool:
+    """Whether decoding `block` leaves the HPACK dynamic table as it was (RFC 7541 section 6).
+
+    True for a non-empty block made only of indexed fields (6.1) and literals without indexing
+    (6.2.2) or never indexed (6.2.3); False if it holds a literal with incremental indexing (6.2.1),
+    a dynamic table size update (6.3), or is cut short. Such a block decodes to the same headers
+    for as long as the table is unchanged. Only lengths are read: Huffman-coded strings are skipped
+    by their length like any other."""
+    size = len(block)
+    if not size:
+        return False
+    if min(block) >= 0x80 and max(block) < 0xFF:
+        return True  # indexed fields only, each index in one byte (the usual gRPC block)
+    i = 0
+    while i < size:
+        first = block[i]
+        if first & 0x80:  # indexed field: a 7-bit prefix integer
+            i = _skip_int(block, i, 0x7F)
+        elif first & 0xE0:  # 01xxxxxx: incremental indexing; 001xxxxx: table size update
+            return False
+        else:  # 0000xxxx / 0001xxxx: without indexing / never indexed, 4-bit name index
+            has_literal_name = not first & 0x0F
+            i = _skip_int(block, i, 0x0F)
+            if has_literal_name:
+                i = _skip_string(block, i)
+            i = _skip_string(block, i)
+        if i < 0:
+            return False
+    return i == size
+
+
+def _skip_int(block: bytes, i: int, mask: int) -> int:
+    """The offset past the RFC 7541 5.1 integer at i with prefix `mask`, or -1 if the block ends first."""
+    size = len(block)
+    if i >= size:
+        return -1
+    if block[i] & mask != mask:
+        return i + 1
+    i += 1
+    while i < size:
+        if not block[i] & 0x80:
+            return i + 1
+        i += 1
+    return -1
+
+
+def _skip_string(block: bytes, i: int) -> int:
+    """The offset past the RFC 7541 5.2 string at i (H bit, 7-bit length, octets), or -1 if cut short."""
+    if i < 0 or i >= len(block):
+        return -1
+    start = _skip_int(block, i, 0x7F)
+    if start < 0:
+        return -1
+    mask = 0x7F
+    length = block[i] & mask
+    if length == mask:
+        shift = 0
+        for j in range(i + 1, start):
+            length += (block[j] & 0x7F) << shift
+            shift += 7
+    end = start + length
+    return end if end <= len(block) else -1
+
+
 class H2ServerConnection:
     """The server side of one HTTP/2 connection, sans I/O (python-hyper's h2 keeps it the same way)."""
 
@@ -282,7 +347,7 @@ class H2ServerConnection:
         raise NotImplementedError
 
     def _request_fields(self, headers: list[tuple[bytes, bytes]]) -> Any:
-        """What the application needs of a valid request's headers (cached with reference-only blocks)."""
+        """What the application needs of a valid request's headers (cached with table-neutral blocks)."""
         return headers
 
 
@@ -513,29 +578,39 @@ class H2ServerConnection:
             self._on_header_block(stream_id, block[1], bytes(pieces))
 
     def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
+        return self._decode_block(block)[0]
+
+    def _decode_block(self, block: bytes) -> tuple[list[tuple[bytes, bytes]], bool]:
+        """The block's headers, and whether it left the table as it was. Every block goes through
+        here (requests, trailers, refused streams), so any that may change the table empties the
+        header cache, whose entries mean what they mean only under the table they were decoded with."""
         try:
-            return self.decoder.decode(block, raw=True)  # type: ignore[return-value]  # raw: bytes pairs
+            headers = self.decoder.decode(block, raw=True)
         except HPACKError as exc:
             raise H2ConnectionError(COMPRESSION_ERROR, f"the request headers could not be decoded: {exc}") from None
+        is_table_neutral = is_table_neutral_block(block)
+        if not is_table_neutral:
+            self.header_cache.clear()
+        return headers, is_table_neutral  # type: ignore[return-value]  # raw: bytes pairs
 
     def _request(self, stream_id: int, block: bytes) -> tuple[Any, int]:
         """(application fields, content-length) of a request block; raises for a malformed one.
 
         gRPC clients send each call's headers as HPACK references to entries indexed by earlier
-        calls, usually the same few bytes every time. A block of only such references does not
-        change the decoder's table, so its meaning is fixed until a block with literals arrives:
-        those results are cached, and the cache is emptied whenever the table may have changed."""
-        cache = self.header_cache
-        headers = self._decode(block)
-        is_references_only = bool(block) and min(block) >= 0x80 and max(block) < 0xFF
-        if not is_references_only or len(cache) >= HEADER_CACHE_ENTRIES:
-            cache.clear()
+        calls, usually the same few bytes every time, plus literals that are not indexed (grpc-core
+        sends `authorization` as "never indexed"). Such a block does not change the decoder's table,
+        so its meaning is fixed until a block that does arrives: those results are cached, and
+        `_decode_block` empties the cache whenever the table may have changed."""
+        headers, is_table_neutral = self._decode_block(block)
         try:
             content_length = validate_request_headers(headers)
         except MalformedRequest as exc:
             raise H2StreamError(stream_id, PROTOCOL_ERROR, f"malformed request: {exc}") from None
         fields = (self._request_fields(headers), content_length)
-        if is_references_only:
+        if is_table_neutral and len(block) <= HEADER_CACHE_BLOCK_BYTES:
+            cache = self.header_cache
+            if len(cache) >= HEADER_CACHE_ENTRIES:
+                cache.clear()
             cache[block] = fields
         return fields
 
@@ -786,6 +861,31 @@ class H2ServerConnection:
             elif stream.state is OPEN:
                 stream.state = HALF_CLOSED_LOCAL
                 self.reset_stream(stream, NO_ERROR)
+
+    def send_answer(self, stream: H2Stream, headers: bytes, data: bytes, trailers: bytes) -> bool:
+        """Response HEADERS, one DATA frame and the trailers in one write (a unary call's whole answer),
+        when both send windows and the client's frame size take them at once; False, with nothing
+        sent, when not. The stream moves on as `send_headers` with END_STREAM moves it."""
+        size, limit, prefix = len(data), self.peer_max_frame, self.table_size_update
+        if (size > self.send_window or size > stream.send_window or size > limit or len(trailers) > limit
+                or len(headers) + len(prefix) > limit or stream.state is CLOSED):
+            return False
+        if prefix:
+            headers = prefix + headers
+            self.table_size_update = b""
+        self.sent_count += 3
+        self.send_window -= size
+        stream.send_window -= size
+        stream_id = stream.id
+        self.write(FRAME.pack(len(headers) << 8 | HEADERS, END_HEADERS, stream_id), headers,
+                   FRAME.pack(size << 8 | DATA, 0, stream_id), data,
+                   FRAME.pack(len(trailers) << 8 | HEADERS, END_HEADERS | END_STREAM, stream_id), trailers)
+        if stream.state is HALF_CLOSED_REMOTE:
+            self._close(stream, ClosedBy.END_STREAM)
+        elif stream.state is OPEN:
+            stream.state = HALF_CLOSED_LOCAL
+            self.reset_stream(stream, NO_ERROR)
+        return True
 
     def reset_stream(self, stream: H2Stream, code: int) -> None:
         """RST_STREAM from our side: the stream is closed (the caller drops its work)."""

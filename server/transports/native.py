@@ -472,11 +472,18 @@ class Http2Connection(H2ServerConnection, asyncio.Protocol):
         """One gRPC message, and the trailers after it when given; respects both send windows."""
         if stream.is_done:
             return
+        data = b"\x00" + len(body).to_bytes(4, "big") + body
+        if (trailers is not None and not stream.is_headers_sent and not stream.outbox
+                and self.send_answer(stream, RESPONSE_HEADERS, data, trailers)):
+            stream.is_headers_sent = stream.is_done = True  # the usual unary answer, sent whole
+            if stream.timer is not None:
+                stream.timer.cancel()
+                stream.timer = None
+            return
         if not stream.is_headers_sent:
             stream.is_headers_sent = True
             self.send_headers(stream, RESPONSE_HEADERS, False)
         self.sent_count += 1
-        data = b"\x00" + len(body).to_bytes(4, "big") + body
         size = len(data)
         if trailers is not None:
             stream.is_done = True

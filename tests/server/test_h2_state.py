@@ -510,3 +510,116 @@ def test_window_updates_and_pings_that_follow_our_answers_are_free() -> None:
     assert not c.is_closed
     c.receive(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", 10)) * 40)  # with nothing sent, they count
     assert c.goaway_code() == h2_state.ENHANCE_YOUR_CALM
+
+
+# -- the header cache (RFC 7541 section 6) ---------------------------------------------------------
+
+
+def _table(decoder: hpack.Decoder) -> tuple[Any, ...]:
+    return tuple(decoder.header_table.dynamic_entries), decoder.header_table.maxsize
+
+
+@pytest.mark.parametrize(("block", "is_neutral"), [
+    (b"\x83\x86\xbe", True),  # indexed fields, one byte each
+    (b"\x83\xff\x00", True),  # indexed field 127: a two-byte integer
+    (b"\x83\xff\x81\x01", True),  # a three-byte integer
+    (b"\x83\xff", False),  # cut inside the integer
+    (b"\x1f\x08\x88" + bytes(8), True),  # never indexed, name index 23 (two bytes), Huffman value of 8 bytes
+    (b"\x0f\x10\x03abc", True),  # without indexing, name index 31
+    (b"\x00\x03abc\x01x", True),  # without indexing, new name
+    (b"\x10\x83" + bytes(3) + b"\x81" + bytes(1), True),  # never indexed, new Huffman name and value
+    (b"\x00\x7f\x01" + bytes(128) + b"\x00", True),  # a name length of 128: a two-byte length
+    (b"\x00\x03ab", False),  # cut inside the name
+    (b"\x0f\x10\x05abc", False),  # cut inside the value
+    (b"\x83\x40\x01a\x01b", False),  # incremental indexing, new name
+    (b"\x41\x01a", False),  # incremental indexing, name index 1
+    (b"\x20\x83", False),  # dynamic table size update first
+    (b"\x83\x3f\xe1\x1f", False),  # a size update later in the block
+    (b"", False),
+])
+def test_table_neutral_blocks(block: bytes, is_neutral: bool) -> None:
+    assert h2_state.is_table_neutral_block(block) is is_neutral
+
+
+def test_table_neutral_matches_the_decoder_on_encoder_output() -> None:
+    """Blocks as a real encoder writes them (Huffman, never-indexed, indexed): neutral exactly when
+    decoding them leaves the table as it was."""
+    rng = __import__("random").Random(7)
+    encoder, decoder = hpack.Encoder(), hpack.Decoder()
+    for _ in range(300):
+        fields: list[Any] = [(":method", "POST"), (":path", f"/s/{rng.randrange(4)}")]
+        for _ in range(rng.randrange(4)):
+            name = rng.choice(["authorization", "x-a", "x-" + "b" * rng.randrange(1, 200), "te"])
+            value = "v" * rng.randrange(0, 300)
+            fields.append((name, value, True) if rng.random() < 0.4 else (name, value))
+        block = encoder.encode(fields, huffman=rng.random() < 0.5)
+        before = _table(decoder)
+        decoder.decode(block, raw=True)
+        assert h2_state.is_table_neutral_block(block) is (_table(decoder) == before), block.hex()
+
+
+def test_the_cache_holds_blocks_with_unindexed_literals_until_the_table_changes() -> None:
+    c = Recorder().start()
+    token_request = REQUEST + [("authorization", "Bearer s3cret", True)]  # never indexed, as grpc-core sends it
+    reference = hpack.Decoder()
+    blocks = []
+    for stream_id in (1, 3, 5):
+        block = c.encoder.encode(token_request)
+        blocks.append(block)
+        expected = reference.decode(block, raw=True)
+        c.receive(frame(HEADERS, END_HEADERS | END_STREAM, stream_id, block))
+        # The first block indexes the request's fields, so it is not kept; the ones after are.
+        assert c.header_cache.get(block, (None,))[0] == (expected if stream_id > 1 else None)
+    assert blocks[1] == blocks[2] and blocks[1][-1:] != b"\x00" and b"\x1f\x08" in blocks[1]
+    cached = c.header_cache[blocks[1]]
+    c.receive(frame(HEADERS, END_HEADERS | END_STREAM, 7, blocks[1]))
+    assert c.events[-1] == ("request", 7, True) and c.header_cache[blocks[1]] is cached
+    # A block that adds to the table empties the cache: the same bytes may now mean something else.
+    adding = c.encoder.encode(REQUEST + [("x-new", "1")])
+    reference.decode(adding, raw=True)
+    c.receive(frame(HEADERS, END_HEADERS | END_STREAM, 9, adding))
+    assert blocks[1] not in c.header_cache
+    again = c.encoder.encode(token_request)
+    c.receive(frame(HEADERS, END_HEADERS | END_STREAM, 11, again))
+    assert c.header_cache[again][0] == reference.decode(again, raw=True)
+
+
+def test_trailers_that_add_to_the_table_empty_the_cache() -> None:
+    c = Recorder().start()
+    block = c.encoder.encode(REQUEST)
+    c.receive(frame(HEADERS, END_HEADERS, 1, block))
+    block = c.encoder.encode(REQUEST)
+    c.receive(frame(HEADERS, END_HEADERS, 3, block))
+    assert block in c.header_cache
+    c.receive(frame(HEADERS, END_HEADERS | END_STREAM, 1, c.encoder.encode([("x-trailer", "t")])))
+    assert not c.header_cache and c.events[-1] == ("end", 1)
+
+
+def test_the_cache_is_bounded() -> None:
+    c = Recorder().start()
+    stream_id = 1
+    for i in range(h2_state.HEADER_CACHE_ENTRIES + 5):
+        c.receive(frame(HEADERS, END_HEADERS | END_STREAM, stream_id,
+                        c.encoder.encode(REQUEST + [("x-n", str(i), True)])))
+        stream_id += 2
+        assert len(c.header_cache) <= h2_state.HEADER_CACHE_ENTRIES
+    big = c.encoder.encode(REQUEST + [("x-big", "v" * h2_state.HEADER_CACHE_BLOCK_BYTES, True)], huffman=False)
+    c.receive(frame(HEADERS, END_HEADERS | END_STREAM, stream_id, big))
+    assert c.events[-1] == ("request", stream_id, True) and big not in c.header_cache
+
+
+def test_a_whole_answer_in_one_write_or_none_of_it() -> None:
+    c = Recorder().start()
+    c.receive(c.headers(1) + frame(DATA, END_STREAM, 1, b"abc"))
+    stream = c.streams[1]
+    sent_count, window = c.sent_count, c.send_window
+    assert c.send_answer(stream, b"\x88", b"\x00" * 10, b"\x00\x01a\x011")
+    assert [(kind, flags) for kind, flags, _, _ in c.frames()] == [(HEADERS, END_HEADERS), (DATA, 0),
+                                                                   (HEADERS, END_HEADERS | END_STREAM)]
+    assert c.sent_count == sent_count + 3 and c.send_window == window - 10
+    assert 1 not in c.streams and c.closed[1] is h2_state.ClosedBy.END_STREAM
+    c.receive(c.headers(3) + frame(DATA, END_STREAM, 3, b"abc"))
+    stream = c.streams[3]
+    stream.send_window = 9
+    assert not c.send_answer(stream, b"\x88", b"\x00" * 10, b"\x00\x01a\x011")
+    assert not c.frames() and c.sent_count == sent_count + 3 and stream.state is StreamState.HALF_CLOSED_REMOTE
