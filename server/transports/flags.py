@@ -47,7 +47,10 @@ _OWN_FLAGS = (
     ("max_frame_bytes", "largest frame accepted (announced)"),
     ("max_continuations_per_block", "CONTINUATION frames per header block"),
     ("budget_window_s", "the sliding window, in seconds, the per-connection rate budgets below are counted over"),
-    ("max_resets_per_window", "stream resets (the client's and ours) per window before GOAWAY(ENHANCE_YOUR_CALM)"),
+    ("max_resets_per_window", "stream resets (ours, and the client's premature ones) per window before "
+                              "GOAWAY(ENHANCE_YOUR_CALM)"),
+    ("premature_reset_s", "a client's reset of a stream younger than this many seconds counts as premature "
+                          "(rapid reset); older ones (deadline cancels) are not budgeted"),
     ("max_pings_per_window", "PINGs per window before GOAWAY(ENHANCE_YOUR_CALM)"),
     ("max_settings_per_window", "SETTINGS frames per window before GOAWAY(ENHANCE_YOUR_CALM)"),
     ("max_empty_frames_per_window", "frames without content (empty DATA/CONTINUATION, PRIORITY, unknown types) "

@@ -108,7 +108,8 @@ class MalformedRequest(ValueError):
 class H2Stream:
     """One stream's HTTP/2 state: where it is in section 5.1's table and its two flow-control windows."""
 
-    __slots__ = ("id", "state", "send_window", "recv_window", "unacked_bytes", "content_length", "received_bytes")
+    __slots__ = ("id", "state", "send_window", "recv_window", "unacked_bytes", "content_length", "received_bytes",
+                 "opened_s")
 
     def __init__(self, connection: H2ServerConnection, stream_id: int, fields: Any) -> None:
         self.id = stream_id
@@ -118,6 +119,7 @@ class H2Stream:
         self.unacked_bytes = 0  # taken by the application, not yet given back as window
         self.content_length = -1  # the request's content-length, if it sent one
         self.received_bytes = 0  # DATA bytes so far, checked against content_length
+        self.opened_s = connection.now  # a client's reset of a younger stream than premature_reset_s is budgeted
 
 
 def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
@@ -680,7 +682,8 @@ class H2ServerConnection:
             return  # closed: ignored (section 5.1), within a budget
         self._close(stream, ClosedBy.PEER_RESET)
         self._on_stream_reset(stream)
-        self._spend_reset()
+        if self.now - stream.opened_s < self.limits.premature_reset_s:
+            self._spend_reset()
 
     def _recv_settings(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id != 0:

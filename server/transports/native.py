@@ -142,6 +142,7 @@ class Stream(H2Stream):
         self.unacked_bytes = 0
         self.content_length = -1
         self.received_bytes = 0
+        self.opened_s = connection.now
         self.route = connection.routes.get(path) or _NO_ROUTE
         self.connection = connection
         self.context = ForwardedContext(timeout_s, metadata)

@@ -386,6 +386,24 @@ def test_rapid_reset_ends_in_enhance_your_calm() -> None:
     assert c.goaway_code() == h2_state.ENHANCE_YOUR_CALM and stream_id < 110
 
 
+def test_deadline_cancels_of_older_streams_are_not_budgeted() -> None:
+    """A loaded client cancelling calls at their deadline keeps its connection; rapid reset does not."""
+    c = Recorder(Http2Limits(max_resets_per_window=50)).start()
+    stream_ids = range(1, 400, 2)
+    for stream_id in stream_ids:
+        c.receive(c.headers(stream_id) + frame(DATA, 0, stream_id, b"x"))
+    c.clock_s += 2.0
+    c.tick(c.clock_s)
+    for stream_id in stream_ids:  # 200 resets, four times the budget, of streams 2 s old
+        c.receive(frame(RST_STREAM, 0, stream_id, struct.pack(">I", 8)))
+    assert not c.is_closed and c.goaway_code() is None
+    for stream_id in range(401, 800, 2):  # the same client turning to rapid reset is still stopped
+        if c.is_closed:
+            break
+        c.receive(c.headers(stream_id) + frame(RST_STREAM, 0, stream_id, struct.pack(">I", 8)))
+    assert c.goaway_code() == h2_state.ENHANCE_YOUR_CALM
+
+
 def test_refused_streams_count_as_resets() -> None:
     c = Recorder(Http2Limits(max_concurrent_streams=1, max_resets_per_window=5)).start()
     c.receive(c.headers(1))
