@@ -13,8 +13,10 @@ no clock read per frame.
 from __future__ import annotations
 
 import enum
+import logging
 import re
 import struct
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -22,6 +24,8 @@ import hpack
 from hpack import HPACKError
 
 from infergate.server.transports.h2_limits import Http2Limits, SlidingWindowBudget
+
+logger = logging.getLogger(__name__)
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 FRAME = struct.Struct(">IBI")  # (payload length << 8 | type), flags, stream id
@@ -417,6 +421,12 @@ class H2ServerConnection:
                     return
         except H2ConnectionError as error:
             self.go_away(error.code, error.message, error.reason)
+            return
+        except Exception:  # a bug of ours: this connection ends with INTERNAL_ERROR; the server and others go on
+            error_id = uuid.uuid4().hex[:12]
+            logger.exception("an HTTP/2 connection failed on internal error %s", error_id)
+            self.go_away(INTERNAL_ERROR, f"internal error (id {error_id}); the server log has the details",
+                         "internal_error")
             return
         if offset:
             del buffer[:offset]

@@ -404,6 +404,17 @@ def test_deadline_cancels_of_older_streams_are_not_budgeted() -> None:
     assert c.goaway_code() == h2_state.ENHANCE_YOUR_CALM
 
 
+def test_an_internal_error_ends_only_its_connection_with_internal_error(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken(Recorder):
+        def _on_request(self, stream: H2Stream, fields: Any, is_end: bool) -> None:
+            raise RuntimeError("a bug in the call layer")
+
+    c = Broken(Http2Limits()).start()
+    c.receive(c.headers(1))
+    assert c.goaway_code() == h2_state.INTERNAL_ERROR and c.is_closed
+    assert "internal error" in caplog.text and "a bug in the call layer" in caplog.text
+
+
 def test_refused_streams_count_as_resets() -> None:
     c = Recorder(Http2Limits(max_concurrent_streams=1, max_resets_per_window=5)).start()
     c.receive(c.headers(1))
