@@ -3,7 +3,9 @@
 HTTP/2 frame builders, hypothesis strategies for frame sequences and ModelInferRequest bodies, a
 raw-socket peer that sends one case and sums up what the server answered, a normal client that
 checks the server still serves, and readers of a server process's memory and CPU in /proc.
-Needs hypothesis (the `test` extra); nothing in the server imports this module.
+Needs hypothesis (the `test` or `bench` extra); nothing in the server imports this module. The wire
+constants below are RFC 9113's, written out here rather than imported from the server, so a mistake
+in the server's own constants cannot hide from the fuzzer.
 """
 
 from __future__ import annotations
