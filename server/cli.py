@@ -7,11 +7,11 @@ import logging
 import sys
 from pathlib import Path
 
-from infergate.server.access import AccessConfigError, AccessPolicy, parse_restricted_protocol
+from infergate.server.access import AccessConfigError
 from infergate.server.app import DEFAULT_MAX_MESSAGE_BYTES, InferenceServer, ServerOptions
 from infergate.server.loop import LOOPS, run_on_loop
 from infergate.server.telemetry import cli as telemetry_cli
-from infergate.server.tls import TlsConfigError, ssl_context, tls_options
+from infergate.server.tls import TlsConfigError, tls_options
 from infergate.server.transports.flags import add_http2_flags, http2_limits
 
 logger = logging.getLogger("infergate")
@@ -144,11 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tls = tls_options(args.grpc_use_ssl, args.grpc_use_ssl_mutual, args.grpc_server_cert, args.grpc_server_key,
                           args.grpc_root_cert)
-        if tls is not None:
-            ssl_context(tls)  # a bad certificate or key stops the server before any model loads
-        AccessPolicy(args.grpc_auth_token_file, [parse_restricted_protocol(t) for t in args.grpc_restricted_protocol])
         limits = http2_limits(args)
-    except (TlsConfigError, AccessConfigError, ValueError) as exc:
+    except (TlsConfigError, ValueError) as exc:
         logger.error("%s", exc)
         return 2
     options = ServerOptions(
@@ -171,7 +168,12 @@ def main(argv: list[str] | None = None) -> int:
         telemetry=telemetry_cli.telemetry_options(args),
     )
     try:
-        run_on_loop(InferenceServer(options).serve(), args.loop)
+        server = InferenceServer(options)  # reads the token file and certificates: bad ones stop it here
+    except (TlsConfigError, AccessConfigError) as exc:
+        logger.error("%s", exc)
+        return 2
+    try:
+        run_on_loop(server.serve(), args.loop)
     except OSError as exc:
         logger.error("%s", exc)
         return 1

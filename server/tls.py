@@ -73,7 +73,6 @@ def ssl_context(options: TlsOptions) -> ssl.SSLContext:
 
 def grpc_credentials(options: TlsOptions) -> grpc.ServerCredentials:
     """The same policy for grpcio's server (the in-process grpcio transport and the --workers processes)."""
-    ssl_context(options)  # fail on a bad file with the same message as the native transport
     chain, key, root = options.read()
     return grpc.ssl_server_credentials(((key, chain),), root_certificates=root if options.is_mutual else None,
                                        require_client_auth=options.is_mutual)

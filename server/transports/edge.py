@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from infergate.server.access import AccessPolicy, parse_restricted_protocol
-from infergate.server.tls import TlsOptions
+from infergate.server.tls import TlsOptions, ssl_context
 from infergate.server.transports.h2_limits import DEFAULT_LIMITS, Http2Limits
 
 WORKER_EDGE_ENV = "INFERGATE_WORKER_EDGE"  # how the engine hands its edge options to --workers processes
@@ -37,10 +38,12 @@ class Edge:
     restricted_protocols: tuple[str, ...] = ()  # --grpc-restricted-protocol values, as given
     limits: Http2Limits = DEFAULT_LIMITS  # HTTP/2 budgets and timeouts; grpcio gets the keepalive ones
     access: AccessPolicy = field(init=False)
+    ssl_context: ssl.SSLContext | None = field(init=False)  # the native transport's, made (and checked) once
 
     def __post_init__(self) -> None:
         self.access = AccessPolicy(self.token_file,
                                    [parse_restricted_protocol(text) for text in self.restricted_protocols])
+        self.ssl_context = ssl_context(self.tls) if self.tls is not None else None
 
     def to_environment(self) -> dict[str, str]:
         """The options for a worker process, through its environment (never its command line: `ps` shows

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from infergate.server import routes
 from infergate.server.service import InferenceService, generic_handler
-from infergate.server.tls import ssl_context
 from infergate.server.transports.edge import Edge, Transport
 from infergate.server.transports.grpcio import SERVICES, GrpcioTransport
 from infergate.server.transports.native import Http2Server
@@ -19,7 +18,7 @@ class NativeTransport:
         self.health = routes.Health()
         self.server = Http2Server(routes.build_routes(service, self.health), edge.max_message_bytes,
                                   limits=edge.limits,
-                                  ssl_context=ssl_context(edge.tls) if edge.tls is not None else None,
+                                  ssl_context=edge.ssl_context,
                                   access=None if edge.access.is_open else edge.access)
 
     async def start(self, address: str) -> int:
