@@ -21,10 +21,11 @@ from typing import Any
 import grpc
 
 from infergate.server import ipc
+from infergate.server.health import HealthState
 from infergate.server.loop import LOOPS, in_request_order, run_on_loop
 from infergate.server.protocol import METHOD_NAMES, SERVICE_NAME
 from infergate.server.transports.edge import edge_from_environment
-from infergate.server.transports.grpcio import add_health_and_reflection, bind, grpc_server, set_health
+from infergate.server.transports.grpcio import bind, grpc_server
 
 logger = logging.getLogger(__name__)
 
@@ -125,15 +126,15 @@ async def serve(index: int, engine: str, grpc_address: str, exit_timeout_s: floa
     edge = edge_from_environment()
     loop.add_signal_handler(signal.SIGHUP, edge.access.reload_tokens)  # before anything: SIGHUP must never kill
     _, link = await loop.create_unix_connection(EngineLink, sock=ipc.connect(engine))
-    server = grpc_server(edge, forwarding_handler(link), is_port_shared=True)
-    health_servicer = add_health_and_reflection(server)
+    health = HealthState()  # each worker answers health itself, as it starts and stops
+    server = grpc_server(edge, forwarding_handler(link), health, is_port_shared=True)
     try:
         bind(server, grpc_address, edge)
     except OSError as exc:
         logger.error("worker %d: %s", index, exc)
         return 1
     await server.start()
-    await set_health(health_servicer, True)
+    health.set_serving(True)
     link.send(ipc.HELLO, 0, f"{index} {os.getpid()}".encode())
 
     should_exit = asyncio.Event()
@@ -143,7 +144,7 @@ async def serve(index: int, engine: str, grpc_address: str, exit_timeout_s: floa
     done, _ = await asyncio.wait((stopping, link.closed), return_when=asyncio.FIRST_COMPLETED)
     is_engine_gone = link.closed in done
     stopping.cancel()
-    await health_servicer.enter_graceful_shutdown()
+    health.end()
     if is_engine_gone:
         logger.error("worker %d: the engine process has gone; exiting", index)
         await server.stop(0)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
+from infergate.models.errors import InferError
 from infergate.proto import _pool
 from infergate.server.access import AccessInterceptor
+from infergate.server.errors import code_of
+from infergate.server.health import HEALTH_SERVICE, HealthState
 from infergate.server.protocol import SERVICE_NAME
 from infergate.server.tls import grpc_credentials
 from infergate.server.transports.edge import Edge
@@ -17,10 +22,12 @@ from infergate.server.transports.h2_limits import Http2Limits
 
 logger = logging.getLogger(__name__)
 
-SERVICES = ("", SERVICE_NAME)  # the health-checked names: the whole server and the inference service
+# What reflection's list_services answers, on every transport (grpc_reflection's v1alpha, as grpcurl asks).
+REFLECTED_SERVICES = (SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME)
 
 
-def grpc_server(edge: Edge, handler: grpc.GenericRpcHandler, *, is_port_shared: bool) -> grpc.aio.Server:
+def grpc_server(edge: Edge, handler: grpc.GenericRpcHandler, health: HealthState, *,
+                is_port_shared: bool) -> grpc.aio.Server:
     """A grpc.aio server with the edge's limits and access policy, the service handler, health and reflection."""
     server = grpc.aio.server(
         interceptors=() if edge.access.is_open else (AccessInterceptor(edge.access),),
@@ -31,8 +38,44 @@ def grpc_server(edge: Edge, handler: grpc.GenericRpcHandler, *, is_port_shared: 
             ("grpc.so_reuseport", 1 if is_port_shared else 0),
             *keepalive_options(edge.limits),
         ])
-    server.add_generic_rpc_handlers((handler,))
+    server.add_generic_rpc_handlers((handler, health_handler(health)))
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection_servicer(), server)
     return server
+
+
+def reflection_servicer() -> reflection.aio.ReflectionServicer:
+    """Server reflection over infergate's descriptor pool: the one set-up, grpcio's and the native routes'."""
+    _pool.add_grpc_service_protos()
+    return reflection.aio.ReflectionServicer(REFLECTED_SERVICES, pool=_pool.POOL)
+
+
+def health_handler(health: HealthState) -> grpc.GenericRpcHandler:
+    """grpc.health.v1.Health over the transport-free state: bytes in, bytes out (the state parses them)."""
+
+    async def check(body: bytes, context: Any) -> bytes:
+        try:
+            return health.check(body)
+        except InferError as exc:
+            await context.abort(code_of(exc), exc.message)
+            raise  # abort raises; this only tells the type checker
+
+    async def watch(body: bytes, context: Any) -> AsyncIterator[bytes]:
+        replies: asyncio.Queue[bytes | None] = asyncio.Queue()  # unbounded: a status changes a few times a run
+        try:
+            unsubscribe = health.watch(body, replies.put_nowait)
+        except InferError as exc:
+            await context.abort(code_of(exc), exc.message)
+            raise
+        try:
+            while (reply := await replies.get()) is not None:
+                yield reply
+        finally:  # the end, or the client left (grpcio cancels this generator)
+            unsubscribe()
+
+    return grpc.method_handlers_generic_handler(HEALTH_SERVICE, {
+        "Check": grpc.unary_unary_rpc_method_handler(check),
+        "Watch": grpc.unary_stream_rpc_method_handler(watch),
+    })
 
 
 def keepalive_options(limits: Http2Limits) -> list[tuple[str, int]]:
@@ -52,15 +95,6 @@ def keepalive_options(limits: Http2Limits) -> list[tuple[str, int]]:
     return options
 
 
-def add_health_and_reflection(server: grpc.aio.Server) -> health.aio.HealthServicer:
-    servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    _pool.add_grpc_service_protos()
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server,
-                                        pool=_pool.POOL)
-    return servicer
-
-
 def bind(server: grpc.aio.Server, address: str, edge: Edge) -> int:
     """Adds the listening port, with TLS when the edge has it; raises OSError naming the address."""
     try:
@@ -71,18 +105,12 @@ def bind(server: grpc.aio.Server, address: str, edge: Edge) -> int:
         raise OSError(f"cannot listen on --grpc-address {address}: {exc}") from None
 
 
-async def set_health(servicer: health.aio.HealthServicer, is_serving: bool) -> None:
-    status = health_pb2.HealthCheckResponse.SERVING if is_serving else health_pb2.HealthCheckResponse.NOT_SERVING
-    for service in SERVICES:
-        await servicer.set(service, status)
-
-
 class GrpcioTransport:
     """`--transport grpcio`: grpc.aio in this process, the reference implementation."""
 
     def __init__(self, edge: Edge, handler: grpc.GenericRpcHandler) -> None:
-        self.server = grpc_server(edge, handler, is_port_shared=False)
-        self.health = add_health_and_reflection(self.server)
+        self.health = HealthState()
+        self.server = grpc_server(edge, handler, self.health, is_port_shared=False)
         self.edge = edge
 
     async def start(self, address: str) -> int:
@@ -91,9 +119,9 @@ class GrpcioTransport:
         return port
 
     async def set_serving(self, is_serving: bool) -> None:
-        await set_health(self.health, is_serving)
+        self.health.set_serving(is_serving)
 
     async def stop(self, grace_s: float) -> None:
-        await self.health.enter_graceful_shutdown()
+        self.health.end()
         await self.server.stop(grace_s)
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from infergate.server import routes
+from infergate.server.health import HealthState
 from infergate.server.service import InferenceService, generic_handler
 from infergate.server.transports.edge import Edge, Transport
-from infergate.server.transports.grpcio import SERVICES, GrpcioTransport
+from infergate.server.transports.grpcio import GrpcioTransport
 from infergate.server.transports.native import Http2Server
 
 TRANSPORTS = ("native", "grpcio")  # --transport choices for the process that serves gRPC itself
@@ -15,7 +16,7 @@ class NativeTransport:
     """`--transport native`: infergate's own HTTP/2 (server/transports/native.py) on this event loop."""
 
     def __init__(self, edge: Edge, service: InferenceService) -> None:
-        self.health = routes.Health()
+        self.health = HealthState()
         self.server = Http2Server(routes.build_routes(service, self.health), edge.max_message_bytes,
                                   limits=edge.limits,
                                   ssl_context=edge.ssl_context,
@@ -28,12 +29,10 @@ class NativeTransport:
             raise OSError(f"cannot listen on --grpc-address {address}: {exc}") from None
 
     async def set_serving(self, is_serving: bool) -> None:
-        for service in SERVICES:
-            self.health.set(service, routes.SERVING if is_serving else routes.NOT_SERVING)
+        self.health.set_serving(is_serving)
 
     async def stop(self, grace_s: float) -> None:
-        self.health.set_all(routes.NOT_SERVING)
-        self.health.end_watches()
+        self.health.end()
         await self.server.stop(grace_s)
 
 
