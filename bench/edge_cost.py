@@ -3,7 +3,7 @@
     python -m infergate.bench.edge_cost --out bench/results/security-2026-12-01/edge-cost \
         --before 6573f95 --rounds 2
 
-Variants run interleaved, one server at a time, each round in the same order: `before` (the tree at
+Variants run interleaved, one server at a time, odd rounds in this order and even rounds reversed: `before` (the tree at
 --before, from a git worktree, plaintext), `plain` (this tree), `tls`, `mtls`, and `token` (a bearer
 token required, sent by perf_analyzer as a header). The machine has two cores that perf_analyzer
 shares with the server: read ratios within one run, not absolute figures across runs.
@@ -257,7 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         cells = []
         try:
             for rnd in range(1, args.rounds + 1):
-                for variant in args.variants:
+                # Even rounds run in reverse (ABBA), so no variant always meets the host first: the load
+                # average climbs through a run as perf_analyzer and the servers heat the two cores.
+                for variant in args.variants if rnd % 2 else tuple(reversed(args.variants)):
                     cell = measure(variant, rnd, args, repo, pki, token_file, envs[variant], raw)
                     print(f"{variant} r{rnd}: {cell.infer_per_s} infer/s, P99 {cell.p99_us} us, "
                           f"{cell.server_cpu_us_per_infer} us CPU/infer {cell.error or ''}", flush=True)
