@@ -42,7 +42,9 @@ setup(
     packages=[f"infergate.{name}" for name in SUBPACKAGES + NESTED_PACKAGES],
     package_dir={f"infergate.{name}": name.replace(".", "/") for name in SUBPACKAGES + NESTED_PACKAGES},
     package_data={"infergate.proto": ["*.proto", "*.pyi"], "infergate.server": ["py.typed"],
-                  "infergate.kernels": ["*.pyx", "*.pyi", "*.h"]},
+                  "infergate.kernels": ["*.pyx", "*.pyi", "*.h"],
+                  # The peers' launchers, run by path (bench/peer_kit.py), not imported: data files.
+                  "infergate.bench": ["peers/*.sh", "peers/*.md", "peers/*/*.sh", "peers/*/*.py"]},
     ext_modules=_kernel_extensions(),
     install_requires=[
         "numpy>=1.24",
