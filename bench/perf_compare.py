@@ -23,18 +23,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from infergate.bench import peer_kit
+from infergate.bench.reference_models import REFERENCE_MODELS, write_reference_models
+
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SERVER_NAMES = ("infergate", "triton", "mlserver")
-PEER_MODELS = ("mlp_small", "mlp_large")  # served by every server (shared/bench/models/make_models.py)
+PEER_MODELS = tuple(REFERENCE_MODELS)  # served by every server (bench/reference_models.py)
 INFERGATE_ONLY_MODELS = ("identity",)  # ONNX Identity INPUT0 [64] -> OUTPUT0 [64]; only infergate serves it
 # The infergate command line; {repo} is the model repository this script builds. perf_analyzer targets the
 # port named in its --grpc-address. `infergate` is looked up in <repo root>/.venv/bin first, then on PATH.
 INFERGATE_CMD = ("infergate serve --model-repository {repo} --grpc-address 127.0.0.1:8001 "
                  "--metrics-address 127.0.0.1:8002")
-TRITON_PORTS = (8001, 8000, 8003)  # gRPC, HTTP, metrics (shared/bench/anchors/triton/run.sh)
-MLSERVER_PORTS = (8081, 8090, 8092)  # gRPC, HTTP, metrics (shared/bench/anchors/mlserver/run.sh)
+TRITON_PORTS = (8001, 8000, 8003)  # gRPC, HTTP, metrics (bench/peers/triton/run.sh)
+MLSERVER_PORTS = (8081, 8090, 8092)  # gRPC, HTTP, metrics (bench/peers/mlserver/run.sh)
 FULL_MEASUREMENT_MS = 4000  # perf_analyzer -p: one measurement window, ms
 FULL_MAX_TRIALS = 6  # perf_analyzer --max-trials: windows before it gives up on stability
 QUICK_MEASUREMENT_MS = 1000  # --quick: smoke-test settings, not for results
@@ -73,7 +76,7 @@ print(json.dumps({"error": err}))
 sys.exit(1)
 """
 
-# Run by the helper Python (it has onnx): the identity model, opset and IR version as make_models.py uses.
+# Run by the helper Python (it has onnx): the identity model, opset and IR version as bench/reference_models.py uses.
 _IDENTITY_SNIPPET = r"""
 import sys
 import onnx
@@ -312,16 +315,17 @@ class Server:
 
 
 class AnchorServer(Server):
-    """A peer started by its shared/bench/anchors/<name>/run.sh (which returns once the server is up)."""
+    """A peer started by its bench/peers/<name>/run.sh (which returns once the server is up)."""
 
     def script(self) -> Path:
-        return self.cfg.shared / "bench" / "anchors" / self.name / "run.sh"
+        return peer_kit.launcher(self.name)
 
     def workdir(self) -> Path:
         return self.cfg.cache / self.name
 
     def start_command(self) -> list[str]:
-        return [str(self.script()), str(self.cfg.cache / "models"), str(self.workdir())]
+        # bash, not the script itself: an installed copy may have lost its executable bit.
+        return ["bash", str(self.script()), str(self.cfg.cache / "models"), str(self.workdir())]
 
     def log_path(self) -> Path:
         return self.workdir() / "server.log"
@@ -430,11 +434,13 @@ class InfergateServer(Server):
 
     def launch(self, serve_s: int) -> None:
         self.build_repo()
-        venv_bin = REPO_ROOT / ".venv" / "bin"
-        env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
+        # A source checkout's .venv, then this interpreter's own bin (an installed `infergate` whose venv is
+        # not activated), then PATH.
+        bins = list(dict.fromkeys([str(REPO_ROOT / ".venv" / "bin"), str(Path(sys.executable).parent)]))
+        env = {**os.environ, "PATH": os.pathsep.join([*bins, os.environ.get("PATH", "")])}
         cmd = self._command()
         if shutil.which(cmd[0], path=env["PATH"]) is None:
-            raise RuntimeError(f"{cmd[0]!r} not found in {venv_bin} or on PATH")
+            raise RuntimeError(f"{cmd[0]!r} not found in {' or '.join(bins)} or on PATH")
         # timeout bounds the server like the anchors' SERVE_SECONDS; SIGKILL 15 s after its own SIGINT.
         bounded = ["timeout", "--signal=INT", "--kill-after=15", str(serve_s), *cmd]
         with open(self.log_path(), "a") as log:
@@ -456,9 +462,8 @@ class Config:
     models: list[str]
     concurrency: list[int]
     out: Path
-    shared: Path
-    cache: Path
-    work: Path
+    cache: Path  # perf_analyzer, reference models, peer venvs: peer_kit.default_bench_cache()
+    work: Path  # scratch: infergate's model repository
     python: Path  # helper interpreter with tritonclient and onnx (readiness checks, identity model)
     infergate_cmd: str
     measurement_ms: int
@@ -567,16 +572,31 @@ def _measure(cfg: Config, server: Server, model: str, concurrency: int, rnd: int
 # ---------------------------------------------------------------- setup and metadata
 
 
-def _ensure_tools(cfg: Config) -> None:
+def ensure_models(cfg: Config) -> None:
+    """Builds the reference models into <cache>/models unless they are there."""
     models_dir = cfg.cache / "models"
     if not all((models_dir / f"{m}.onnx").exists() for m in PEER_MODELS):
         logger.info("building the reference models into %s", models_dir)
-        subprocess.run([str(cfg.python), str(cfg.shared / "bench" / "models" / "make_models.py"), str(models_dir)],
-                       check=True)
-    if not cfg.perf_analyzer.exists():
-        logger.info("installing perf_analyzer into %s", cfg.perf_analyzer.parent)
-        subprocess.run([str(cfg.shared / "bench" / "install_perf_analyzer.sh"), str(cfg.perf_analyzer.parent)],
-                       check=True)
+        write_reference_models(models_dir)
+
+
+def ensure_perf_analyzer(cfg: Config) -> None:
+    """Installs perf_analyzer into <cache>/perf_analyzer unless it is there; RuntimeError if that fails."""
+    if cfg.perf_analyzer.exists():
+        return
+    directory = cfg.perf_analyzer.parent
+    logger.info("installing perf_analyzer into %s", directory)
+    # PYTHON: the installer's pip is this interpreter's, which has pip even where `python3` is a bare system one.
+    done = subprocess.run(["bash", str(peer_kit.PERF_ANALYZER_INSTALLER), str(directory)], check=False,
+                          env={**os.environ, "PYTHON": sys.executable})
+    if done.returncode != 0 or not cfg.perf_analyzer.exists():
+        raise RuntimeError(f"perf_analyzer could not be installed into {directory} (exit {done.returncode}); "
+                           f"see the output above, or run: {peer_kit.perf_analyzer_install_command(directory)}")
+
+
+def _ensure_tools(cfg: Config) -> None:
+    ensure_models(cfg)
+    ensure_perf_analyzer(cfg)
 
 
 def git_commit(repo: Path = REPO_ROOT) -> str:
@@ -847,11 +867,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, str]:
                         help="comma-separated; identity is measured on infergate only")
     parser.add_argument("--concurrency", default="1,16,64", help="comma-separated perf_analyzer concurrencies")
     parser.add_argument("--out", type=Path, required=True, help="results folder, e.g. bench/results/perf_analyzer-DATE")
-    parser.add_argument("--shared", type=Path, default=REPO_ROOT.parent / "shared", help="the shared/ folder")
-    parser.add_argument("--cache", type=Path, default=Path(os.environ.get("INFERGATE_BENCH_CACHE",
-                                                                          REPO_ROOT.parent / "bench-cache")),
-                        help="tools, models and peer venvs, kept between runs (env INFERGATE_BENCH_CACHE)")
-    parser.add_argument("--work", type=Path, default=REPO_ROOT / "bench" / "work", help="scratch (infergate repo)")
+    parser.add_argument("--cache", type=Path, default=peer_kit.default_bench_cache(),
+                        help=f"tools, models and peer venvs, kept between runs (env {peer_kit.CACHE_ENV})")
+    parser.add_argument("--work", type=Path, default=peer_kit.default_work_dir("perf_compare"),
+                        help="scratch (infergate repo)")
     default_python = REPO_ROOT / ".venv" / "bin" / "python"
     parser.add_argument("--python", type=Path, default=default_python if default_python.exists() else sys.executable,
                         help="interpreter with tritonclient[grpc] and onnx, for readiness checks and the "
@@ -882,7 +901,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, str]:
         parser.error(f"unknown model(s) {unknown}; expected some of {PEER_MODELS + INFERGATE_ONLY_MODELS}")
     cfg = Config(
         servers=servers, models=models, concurrency=[int(c) for c in _csv_list(args.concurrency)],
-        out=args.out.resolve(), shared=args.shared.resolve(), cache=args.cache.resolve(), work=args.work.resolve(),
+        out=args.out.resolve(), cache=args.cache.resolve(), work=args.work.resolve(),
         python=Path(args.python), infergate_cmd=args.infergate_cmd,
         measurement_ms=args.measurement_ms or (QUICK_MEASUREMENT_MS if args.quick else FULL_MEASUREMENT_MS),
         max_trials=args.max_trials or (QUICK_MAX_TRIALS if args.quick else FULL_MAX_TRIALS),
@@ -907,6 +926,9 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, _on_term)
     try:
         return run_all(cfg, invocation)
+    except RuntimeError as exc:  # set-up (models, perf_analyzer): a server's own failure is in the results
+        logger.error("%s", exc)
+        return 2
     except KeyboardInterrupt:
         logger.error("interrupted: servers stopped, partial results written")
         return 130

@@ -6,13 +6,13 @@ import argparse
 import functools
 import json
 import logging
-import os
 import shlex
 import statistics
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from infergate.bench import peer_kit
 from infergate.bench import perf_compare as pc
 from infergate.bench.loadgen import report
 from infergate.bench.loadgen.errors import BenchError
@@ -28,7 +28,6 @@ TOLERANCE = 0.10  # throughput and P50 of the harness within this fraction of pe
 def add_parser(sub: Any) -> None:
     from infergate.bench.loadgen.compare import INFERGATE_CMD
 
-    repo_root = pc.REPO_ROOT
     parser = sub.add_parser(
         "agreement", help="check the harness against perf_analyzer on one infergate",
         description="Starts infergate on the reference model, then alternates perf_analyzer and the harness at the "
@@ -45,10 +44,10 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--processes", dest="agreement_processes", metavar="N", type=int, default=1,
                         help="harness processes")
     parser.add_argument("--out", dest="agreement_out", metavar="DIR", type=Path, required=True, help="results folder")
-    parser.add_argument("--shared", type=Path, default=repo_root.parent / "shared")
-    parser.add_argument("--cache", type=Path, default=Path(os.environ.get("INFERGATE_BENCH_CACHE",
-                                                                          repo_root.parent / "bench-cache")))
-    parser.add_argument("--work", type=Path, default=repo_root / "bench" / "work" / "agreement")
+    parser.add_argument("--cache", type=Path, default=peer_kit.default_bench_cache(),
+                        help=f"perf_analyzer and the reference models, kept between runs (env {peer_kit.CACHE_ENV})")
+    parser.add_argument("--work", type=Path, default=peer_kit.default_work_dir("agreement"),
+                        help="scratch: infergate's model repository")
     parser.add_argument("--python", type=Path, default=None)
     parser.add_argument("--infergate-cmd", default=INFERGATE_CMD)
     parser.add_argument("--ready-timeout-s", type=int, default=pc.READY_TIMEOUT_S)
@@ -84,9 +83,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = pc_config(args, ["infergate"], [model], out)
     cfg.measurement_ms = args.measurement_ms
     cfg.rounds = args.rounds  # perf_analyzer's raw files get a -r<round> suffix
-    pc._ensure_tools(cfg)
-    if not cfg.perf_analyzer.exists():
-        raise BenchError(f"perf_analyzer is not at {cfg.perf_analyzer} (see ../shared/bench/install_perf_analyzer.sh)")
+    pc.ensure_models(cfg)
+    try:
+        pc.ensure_perf_analyzer(cfg)
+    except RuntimeError as exc:
+        raise BenchError(str(exc)) from None
     meta = report.host_metadata(
         {"perf_analyzer": (pc._output_of([str(cfg.perf_analyzer), "--version"]).splitlines() or ["unknown"])[0]})
     pa_runs: list[pc.Measurement] = []

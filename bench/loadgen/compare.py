@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from infergate.bench import peer_kit
 from infergate.bench import perf_compare as pc
 from infergate.bench.loadgen import report
 from infergate.bench.loadgen.errors import BenchError
@@ -36,8 +37,8 @@ def add_parser(sub: Any) -> None:
     repo_root = pc.REPO_ROOT
     parser = sub.add_parser(
         "compare", help="the same load against several servers, interleaved, with ratios",
-        description="Starts the named servers (infergate, and Triton and MLServer with the scripts in "
-                    "../shared/bench/anchors), all at once on their own ports, and measures each point against "
+        description="Starts the named servers (infergate, and Triton and MLServer with their launchers in "
+                    f"{peer_kit.PEERS_DIR}), all at once on their own ports, and measures each point against "
                     "each server in turn (the order rotating), so drift on a noisy machine hits all alike. Ratios "
                     "are of the first target over each other one.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -46,11 +47,9 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--target", action="append", default=[], metavar="NAME=ADDRESS", dest="targets",
                         help="an already-running server to include (repeatable)")
     parser.add_argument("--models", default="mlp_small", help="comma-separated models every target serves")
-    parser.add_argument("--shared", type=Path, default=repo_root.parent / "shared", help="the shared/ folder")
-    parser.add_argument("--cache", type=Path, default=Path(os.environ.get("INFERGATE_BENCH_CACHE",
-                                                                          repo_root.parent / "bench-cache")),
-                        help="reference models and peer venvs (env INFERGATE_BENCH_CACHE)")
-    parser.add_argument("--work", type=Path, default=repo_root / "bench" / "work" / "compare",
+    parser.add_argument("--cache", type=Path, default=peer_kit.default_bench_cache(),
+                        help=f"reference models and peer venvs, kept between runs (env {peer_kit.CACHE_ENV})")
+    parser.add_argument("--work", type=Path, default=peer_kit.default_work_dir("compare"),
                         help="scratch: infergate's model repository")
     default_python = repo_root / ".venv" / "bin" / "python"
     parser.add_argument("--python", type=Path, default=default_python if default_python.exists() else None,
@@ -73,11 +72,11 @@ def _parse_targets(items: list[str]) -> list[tuple[str, str]]:
 def pc_config(args: argparse.Namespace, servers: list[str], models: list[str], out: Path) -> pc.Config:
     """perf_compare's settings, for its server classes (start, readiness, CPU, stop) and perf_analyzer runs."""
     python = args.python or Path(sys.executable)
-    return pc.Config(servers=servers, models=models, concurrency=[], out=out.resolve(), shared=args.shared.resolve(),
-                     cache=args.cache.resolve(), work=args.work.resolve(), python=python,
-                     infergate_cmd=args.infergate_cmd, measurement_ms=pc.FULL_MEASUREMENT_MS,
-                     max_trials=pc.FULL_MAX_TRIALS, retry_stability_pct=pc.FULL_RETRY_STABILITY_PCT, rounds=1,
-                     ready_timeout_s=args.ready_timeout_s, pa_args=[])
+    return pc.Config(servers=servers, models=models, concurrency=[], out=out.resolve(), cache=args.cache.resolve(),
+                     work=args.work.resolve(), python=python, infergate_cmd=args.infergate_cmd,
+                     measurement_ms=pc.FULL_MEASUREMENT_MS, max_trials=pc.FULL_MAX_TRIALS,
+                     retry_stability_pct=pc.FULL_RETRY_STABILITY_PCT, rounds=1, ready_timeout_s=args.ready_timeout_s,
+                     pa_args=[])
 
 
 def _serve_budget_s(args: argparse.Namespace, plan: LoadPlan, targets: int, models: int) -> int:
@@ -163,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     cfg = pc_config(args, names, models, args.out)
     if names:
-        pc._ensure_tools(cfg)
+        pc.ensure_models(cfg)  # the harness is the client here: no perf_analyzer needed
     data = data_from_args(args)
 
     def _on_term(signum: int, _frame: object) -> None:

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 from pathlib import Path
 
 import pytest
 
-from infergate.bench import perf_compare as pc
+from infergate.bench import peer_kit
 from infergate.bench.loadgen.agreement import verdict
 from infergate.server.cli import main
 
-CACHE = Path(os.environ.get("INFERGATE_BENCH_CACHE", pc.REPO_ROOT.parent / "bench-cache"))
-SHARED = pc.REPO_ROOT.parent / "shared"
+PERF_ANALYZER_DIR = peer_kit.default_bench_cache() / "perf_analyzer"  # where `bench agreement` looks by default
 
 
 def test_verdict_needs_both_throughput_and_p50_within_ten_percent() -> None:
@@ -32,8 +30,8 @@ def _port_free(port: int) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (CACHE / "perf_analyzer" / "perf_analyzer").exists() or not (SHARED / "bench").is_dir(),
-                    reason="needs perf_analyzer in the bench cache and ../shared/bench (see README)")
+@pytest.mark.skipif(not (PERF_ANALYZER_DIR / "perf_analyzer").exists(),
+                    reason=f"needs perf_analyzer: {peer_kit.perf_analyzer_install_command(PERF_ANALYZER_DIR)}")
 def test_agreement_runs_both_clients_on_one_infergate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     if not (_port_free(8011) and _port_free(8012)):
         pytest.skip("ports 8011/8012 are taken (another benchmark is running)")
