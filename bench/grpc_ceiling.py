@@ -21,7 +21,8 @@ from concurrent import futures
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from infergate.bench.peer_kit import default_bench_cache
+
 VARIANTS = ("aio", "aio-uvloop", "threaded", "native")
 SERVICE = "inference.GRPCInferenceService"
 MEASURE_S = 5.0  # CPU is sampled over this window, inside perf_analyzer's run
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve-s", type=float, default=45.0, help=argparse.SUPPRESS)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--perf-analyzer", type=Path,
-                        default=REPO_ROOT.parent / "bench-cache" / "perf_analyzer" / "perf_analyzer")
+                        default=default_bench_cache() / "perf_analyzer" / "perf_analyzer")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.serve:

@@ -19,8 +19,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from infergate.bench.peer_kit import default_bench_cache, default_work_dir
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CACHE = Path(os.environ.get("INFERGATE_BENCH_CACHE", "/work/bench-cache"))  # perf_analyzer and the reference models
+CACHE = default_bench_cache()  # perf_analyzer and the reference models (as `infergate bench compare` leaves them)
 PERF_ANALYZER = Path(os.environ.get("PERF_ANALYZER") or CACHE / "perf_analyzer" / "perf_analyzer")
 GRPC_ADDRESS, METRICS_ADDRESS = "127.0.0.1:18001", "127.0.0.1:18002"  # off the defaults others may use
 # The variants: extra `infergate serve` flags. "off" is the baseline (ModelStatistics counters only).
@@ -41,7 +43,7 @@ dynamic_batching { max_queue_delay_microseconds: 500 }
 """
 READY_TIMEOUT_S = 120  # server start to its ready line, s
 PA_TIMEOUT_S = 180  # one perf_analyzer run, s
-WORK = REPO_ROOT / "bench" / "work" / "telemetry-overhead"  # the model repository (git-ignored)
+WORK = default_work_dir("telemetry-overhead")  # the model repository
 SERVE_LIMIT_S = 600  # `timeout` around each server: a crashed script never leaves one behind
 
 
