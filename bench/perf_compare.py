@@ -54,24 +54,35 @@ BUSY_LOADAVG = 0.5  # 1-minute load average, at start or end, above which result
 CLK_TCK = os.sysconf("SC_CLK_TCK")  # /proc/<pid>/stat ticks per second
 DEFAULT_PERCENTILES = ("p50", "p90", "p95", "p99")
 
-# Run by the helper Python (it has tritonclient): waits for the server and every model, prints server metadata.
+# Run by the helper Python (it has infergate, whose stubs it uses: tritonclient is not one of infergate's
+# requirements): waits for the server and every model, prints server metadata.
 _READY_SNIPPET = r"""
 import json, sys, time
-import tritonclient.grpc as g
+import grpc
+from infergate.proto import grpc_service_pb2 as pb
 url, models, deadline = sys.argv[1], sys.argv[2].split(","), time.monotonic() + float(sys.argv[3])
+def call(channel, method, request, response_type):
+    stub = channel.unary_unary("/inference.GRPCInferenceService/" + method,
+                               request_serializer=type(request).SerializeToString,
+                               response_deserializer=response_type.FromString)
+    return stub(request, timeout=5)
+# Short reconnect backoff: the server is expected any moment, and grpc's default backoff grows to 120 s.
+options = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
+           ("grpc.max_reconnect_backoff_ms", 1000)]
 err = "not tried"
-while time.monotonic() < deadline:
-    try:
-        c = g.InferenceServerClient(url)
-        missing = [m for m in models if not c.is_model_ready(m)]
-        if not missing:
-            md = c.get_server_metadata()
-            print(json.dumps({"name": md.name, "version": md.version}))
-            sys.exit(0)
-        err = f"models not ready: {missing}"
-    except Exception as exc:
-        err = str(exc).splitlines()[0] if str(exc) else repr(exc)
-    time.sleep(0.5)
+with grpc.insecure_channel(url, options=options) as channel:
+    while time.monotonic() < deadline:
+        try:
+            missing = [m for m in models
+                       if not call(channel, "ModelReady", pb.ModelReadyRequest(name=m), pb.ModelReadyResponse).ready]
+            if not missing:
+                md = call(channel, "ServerMetadata", pb.ServerMetadataRequest(), pb.ServerMetadataResponse)
+                print(json.dumps({"name": md.name, "version": md.version}))
+                sys.exit(0)
+            err = f"models not ready: {missing}"
+        except grpc.RpcError as exc:
+            err = f"{exc.code().name}: {exc.details()}"
+        time.sleep(0.5)
 print(json.dumps({"error": err}))
 sys.exit(1)
 """
@@ -464,7 +475,7 @@ class Config:
     out: Path
     cache: Path  # perf_analyzer, reference models, peer venvs: peer_kit.default_bench_cache()
     work: Path  # scratch: infergate's model repository
-    python: Path  # helper interpreter with tritonclient and onnx (readiness checks, identity model)
+    python: Path  # helper interpreter with infergate (readiness checks, identity model)
     infergate_cmd: str
     measurement_ms: int
     max_trials: int
@@ -873,7 +884,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, str]:
                         help="scratch (infergate repo)")
     default_python = REPO_ROOT / ".venv" / "bin" / "python"
     parser.add_argument("--python", type=Path, default=default_python if default_python.exists() else sys.executable,
-                        help="interpreter with tritonclient[grpc] and onnx, for readiness checks and the "
+                        help="interpreter with infergate (and so onnx), for readiness checks and the "
                              "identity model")
     parser.add_argument("--infergate-cmd", default=INFERGATE_CMD, help="infergate's command line; {repo} is replaced")
     parser.add_argument("--quick", action="store_true",

@@ -53,7 +53,7 @@ def add_parser(sub: Any) -> None:
                         help="scratch: infergate's model repository")
     default_python = repo_root / ".venv" / "bin" / "python"
     parser.add_argument("--python", type=Path, default=default_python if default_python.exists() else None,
-                        help="interpreter with tritonclient and onnx, for readiness checks")
+                        help="interpreter with infergate, for readiness checks")
     parser.add_argument("--infergate-cmd", default=INFERGATE_CMD, help="infergate's command line; {repo} replaced")
     parser.add_argument("--ready-timeout-s", type=int, default=pc.READY_TIMEOUT_S)
     add_load_options(parser)

@@ -101,3 +101,21 @@ def test_reference_models_keep_their_contract_and_weights(tmp_path: Path) -> Non
     # The first weight of each, as in the files bench/results were measured on: one generator, mlp_small first.
     firsts = [numpy_helper.to_array(onnx.load(p).graph.initializer[0])[0, 0] for p in paths]
     assert firsts == [pytest.approx(0.015716277), pytest.approx(-0.09669908)]
+
+
+def test_compare_starts_infergate_on_the_reference_model_without_tritonclient(tmp_path: Path) -> None:
+    if any(pc._port_is_busy(port) for port in (8011, 8012)):
+        pytest.skip("ports 8011/8012 are taken (another benchmark is running)")
+    # An importable `tritonclient` that fails, first on the path: readiness must not need it (not a requirement).
+    (tmp_path / "hide" / "tritonclient").mkdir(parents=True)
+    (tmp_path / "hide" / "tritonclient" / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "hide"), "INFERGATE_BENCH_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(
+        [sys.executable, "-m", "infergate.server", "bench", "compare", "--servers", "infergate", "--models",
+         "mlp_small", "--concurrency", "2", "--requests", "50", "--warmup-s", "0", "--out", str(tmp_path / "out"),
+         "--python", sys.executable, "--quiet", "--no-plots", "--log-level", "warning"],
+        env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "cache" / "models").iterdir()) == ["mlp_large.onnx", "mlp_small.onnx"]
+    assert (tmp_path / "cache" / "work" / "compare" / "infergate-repo" / "mlp_small" / "1" / "model.onnx").exists()
+    assert not (tmp_path / "cache" / "perf_analyzer").exists()  # compare measures with the harness alone
