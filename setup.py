@@ -48,13 +48,16 @@ setup(
     ext_modules=_kernel_extensions(),
     install_requires=[
         "numpy>=1.24",
-        "grpcio>=1.66",
-        "grpcio-health-checking>=1.66",
-        "grpcio-reflection>=1.66",
+        # One protobuf line for the server and tritonclient, in either install order: tritonclient[grpc]
+        # (2.73, the newest) needs protobuf < 7, while grpcio-health-checking and grpcio-reflection from 1.82
+        # on are generated for protobuf >= 7.35. So both stay on 1.81 (gencode 6.33.5, like the committed
+        # stubs from grpcio-tools 1.81) and protobuf on 6: without these upper bounds `pip install .` took
+        # 1.85 and protobuf 7, and a later `pip install tritonclient[grpc]` downgraded protobuf beneath them.
+        "grpcio>=1.81.1",
+        "grpcio-health-checking>=1.81.1,<1.82",
+        "grpcio-reflection>=1.81.1,<1.82",
+        "protobuf>=6.33.5,<7",
         "hpack>=4.0",  # HPACK header decoding for the native HTTP/2 transport (server/transports/native.py)
-        # The committed stubs come from grpcio-tools 1.81 (protobuf gencode 6.33.5);
-        # tritonclient 2.73, which clients and tests use, requires protobuf < 7.
-        "protobuf>=6.33.5,<8",
         f"{ORT_PACKAGE}>=1.17",
         "onnx>=1.15",
         "scikit-learn>=1.3",
@@ -69,6 +72,7 @@ setup(
         "tracing": TRACING,
         "otlp": [*TRACING, OTLP],
         "bench": BENCH,
+        "client": ["tritonclient[grpc]>=2.73.0,<3"],  # the stock Triton client, on install_requires' protobuf line
         "test": [
             *TRACING,
             OTLP,
