@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import logging
 import shlex
 import sys
@@ -15,6 +16,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_WINDOW_S = 10.0  # measurement window per point, s
 DEFAULT_WARMUP_S = 2.0  # excluded from the figures, s
 DEFAULT_TIMEOUT_S = 10.0  # per-request gRPC deadline, s
+BENCH_EXTRA = "pip install 'infergate[bench]'"  # brings matplotlib (the PNG plots) and rich (the progress display)
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -182,12 +184,41 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
             if k not in ("command",) and not callable(v)}
 
 
+def _imports(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def without_missing_extras(args: argparse.Namespace) -> None:
+    """Before any work: no PNG plots without matplotlib and no progress display without rich, one line each.
+
+    The results themselves need neither, so a run without the `bench` extra still writes all of them."""
+    from infergate.bench.loadgen.errors import BenchError
+    from infergate.bench.loadgen.runner import _quiet
+
+    if getattr(args, "out", None) and not args.no_plots and not _imports("matplotlib"):
+        print(f"infergate bench: matplotlib is not installed, so no PNG plots; the other results are written in "
+              f"full ({BENCH_EXTRA} adds the plots)", file=sys.stderr)
+        args.no_plots = True
+    if _quiet() or getattr(args, "quiet", False) or _imports("rich"):
+        return
+    if args.bench_command == "agreement":  # always shows progress on a terminal: it has no --quiet
+        raise BenchError(f"rich is not installed, which the progress display on a terminal needs: {BENCH_EXTRA}, "
+                         f"or run with CI=1")
+    print(f"infergate bench: rich is not installed, so no progress display ({BENCH_EXTRA} adds it)", file=sys.stderr)
+    args.quiet = True
+
+
 def run(args: argparse.Namespace) -> int:
     """Runs `infergate bench ...`; returns the exit status."""
     from infergate.bench.loadgen import agreement, compare
     from infergate.bench.loadgen.errors import BenchError
 
     try:
+        without_missing_extras(args)
         if args.bench_command == "compare":
             return compare.run(args)
         if args.bench_command == "agreement":
