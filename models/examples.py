@@ -23,6 +23,8 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from infergate.models.runtime import TORCH_CPU_INSTALL
+
 if TYPE_CHECKING:
     import torch
 
@@ -33,7 +35,7 @@ DATA_DIR_NAME = "example-data-v1"  # sibling of the repository: held-out split a
 COMPLETE_MARKER = ".complete"  # written last into the repository root: version and torch state of the build
 HELDOUT_FILE = "digits_heldout.npz"  # X float32 [rows, 64] in [0, 1], y int64 [rows] digit labels
 ACCURACY_FILE = "accuracy.json"  # {model name: accuracy on the held-out rows, in [0, 1]}
-TORCH_MISSING_WARNING = "digits_large skipped: the torch extra is not installed (pip install 'infergate[torch]')"
+TORCH_MISSING_WARNING = f"digits_large skipped: PyTorch is not installed (its CPU build: {TORCH_CPU_INSTALL})"
 
 FEATURES = 64  # 8x8 pixel intensities per digit image
 CLASSES = 10  # digits 0-9

@@ -14,6 +14,9 @@ from infergate.models.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
+# PyTorch's CPU build, as CI installs it: the torch extra, or a plain `pip install torch`, pulls a multi-GB CUDA one.
+TORCH_CPU_INSTALL = "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+
 
 class Runtime(abc.ABC):
     """One loaded model version. `predict` is blocking and runs in an executor thread."""
@@ -55,7 +58,7 @@ def create_runtime(spec: ModelSpec, model_path: Path) -> Runtime:
         except ImportError as exc:
             raise ConfigError(
                 f"model '{spec.name}' needs PyTorch, which is not installed ({exc}); "
-                "install it with: pip install 'infergate[torch]'"
+                f"install its CPU build with: {TORCH_CPU_INSTALL}"
             ) from None
         return TorchRuntime(spec, model_path)
     raise ConfigError(f"model '{spec.name}': platform '{spec.platform}' has no runtime")

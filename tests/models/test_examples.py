@@ -208,7 +208,8 @@ def test_without_torch_digits_large_is_skipped_with_one_warning(
     with caplog.at_level(logging.WARNING, logger=examples.__name__):
         repository = examples.build_example_repository(tmp_path / "repo")
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
-        "digits_large skipped: the torch extra is not installed (pip install 'infergate[torch]')"
+        "digits_large skipped: PyTorch is not installed (its CPU build: "
+        "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu)"
     ]
     assert set(file_bytes(repository)) == expected_files(has_torch=False)
     assert set(json.loads((tmp_path / "example-data-v1" / "accuracy.json").read_text())) == {"digits_small"}
