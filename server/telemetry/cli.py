@@ -88,7 +88,7 @@ def add_commands(commands: Any) -> None:
 def run_command(args: argparse.Namespace) -> int:
     if args.command == "stats":
         return _stats(args)
-    from infergate.server.telemetry.drift import build_profile_command
+    from infergate.server.telemetry.drift_profile import build_profile_command
 
     return build_profile_command(args.model_dir, args.data, args.input, args.bins)
 

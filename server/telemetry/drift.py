@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -61,8 +61,15 @@ def save_profile(profile: DriftProfile, model_dir: Path) -> Path:
     features = [{"name": name, "edges": [e for e in edges if np.isfinite(e)], "expected": expected.tolist()}
                 for name, edges, expected in zip(profile.features, profile.edges, profile.expected)]
     path = model_dir / PROFILE_FILE
-    path.write_text(json.dumps({"format": PROFILE_FORMAT, "input": profile.input, "rows": profile.rows,
-                                "features": features}, indent=1), encoding="utf-8")
+    # Written beside and renamed over: a reader, or a server loading the model, never sees half a profile,
+    # and a failed write leaves the previous one.
+    staging = path.with_name(f".{PROFILE_FILE}.{os.getpid()}.tmp")
+    try:
+        staging.write_text(json.dumps({"format": PROFILE_FORMAT, "input": profile.input, "rows": profile.rows,
+                                       "features": features}, indent=1), encoding="utf-8")
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
     return path
 
 
@@ -145,38 +152,21 @@ def monitor_for(model: str, model_dir: Path, input_dims: dict[str, tuple[int, ..
         profile = load_profile(path)
     except ValueError as exc:
         return None, str(exc)
-    dims = input_dims.get(profile.input)
-    if dims is None:
-        return None, f"{path}: input '{profile.input}' is not an input of the model ({sorted(input_dims)})"
-    width = int(np.prod(dims)) if all(d > 0 for d in dims) else -1
-    if width != len(profile.features):
-        return None, (f"{path}: {len(profile.features)} features, but input '{profile.input}' "
-                      f"has dims {list(dims)}")
+    if why_not := profile_mismatch(profile, path, input_dims):
+        return None, why_not
     return DriftMonitor(model, profile, threshold), ""
 
 
-def build_profile_command(model_dir: Path, data_path: Path, input_name: str | None, bins: int) -> int:
-    """`infergate drift-profile`: writes <model_dir>/drift_profile.json from a .npy of training rows."""
-    from infergate.models.config import read_config
+def profile_mismatch(profile: DriftProfile, path: Path, input_dims: dict[str, tuple[int, ...]]) -> str:
+    """Why the profile cannot describe the model's inputs (by name, dims), or "" when it can."""
+    dims = input_dims.get(profile.input)
+    if dims is None:
+        return f"{path}: input '{profile.input}' is not an input of the model ({sorted(input_dims)})"
+    if fixed_width(dims) != len(profile.features):
+        return f"{path}: {len(profile.features)} features, but input '{profile.input}' has dims {list(dims)}"
+    return ""
 
-    try:
-        data = np.load(data_path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        print(f"infergate drift-profile: cannot read --data {data_path}: {exc}", file=sys.stderr)
-        return 2
-    if input_name is None:
-        config = read_config(model_dir)
-        if not config.input:
-            print(f"infergate drift-profile: {model_dir}/config.pbtxt names no input; pass --input NAME",
-                  file=sys.stderr)
-            return 2
-        input_name = config.input[0].name
-    try:
-        profile = build_profile(data, input_name, bins)
-    except ValueError as exc:
-        print(f"infergate drift-profile: {exc}", file=sys.stderr)
-        return 2
-    path = save_profile(profile, model_dir)
-    print(f"{path}: input '{input_name}', {len(profile.features)} features, {profile.rows} rows, "
-          f"up to {bins} bins each")
-    return 0
+
+def fixed_width(dims: tuple[int, ...]) -> int | None:
+    """Features per row of an input with these dims, or None when a dim is variable (-1)."""
+    return int(np.prod(dims)) if all(d > 0 for d in dims) else None
