@@ -39,6 +39,7 @@ class EngineLink(ipc.FramedProtocol):
         super().__init__(ipc.REPLY, lambda fields: fields[2])
         self.pending: dict[int, asyncio.Future[tuple[int, bytes]]] = {}
         self.closed = asyncio.get_running_loop().create_future()
+        self.on_health: Callable[[bool], None] = lambda is_serving: None  # the engine's word on health
         self._ids = itertools.count(1)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -50,6 +51,9 @@ class EngineLink(ipc.FramedProtocol):
             self.closed.set_result(None)
 
     def on_frame(self, fields: tuple[Any, ...], body: bytes) -> None:
+        if fields[0] == ipc.HEALTH_CALL_ID:
+            self.on_health(bool(fields[1]))
+            return
         future = self.pending.pop(fields[0], None)
         if future is not None and not future.done():
             future.set_result((fields[1], body))
@@ -126,7 +130,8 @@ async def serve(index: int, engine: str, grpc_address: str, exit_timeout_s: floa
     edge = edge_from_environment()
     loop.add_signal_handler(signal.SIGHUP, edge.access.reload_tokens)  # before anything: SIGHUP must never kill
     _, link = await loop.create_unix_connection(EngineLink, sock=ipc.connect(engine))
-    health = HealthState()  # each worker answers health itself, as it starts and stops
+    health = HealthState()  # each worker answers health itself: what the engine says, NOT_SERVING as it stops
+    link.on_health = health.set_serving
     server = grpc_server(edge, forwarding_handler(link), health, is_port_shared=True)
     try:
         bind(server, grpc_address, edge)
@@ -134,8 +139,7 @@ async def serve(index: int, engine: str, grpc_address: str, exit_timeout_s: floa
         logger.error("worker %d: %s", index, exc)
         return 1
     await server.start()
-    health.set_serving(True)
-    link.send(ipc.HELLO, 0, f"{index} {os.getpid()}".encode())
+    link.send(ipc.HELLO, 0, f"{index} {os.getpid()}".encode())  # the engine answers with the health to serve
 
     should_exit = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -19,6 +19,9 @@ CALL = 0  # a unary RPC; the reply is its response
 STREAM_ITEM = 1  # one ModelStreamInfer request; the reply is its ModelStreamInferResponse
 CANCEL = 2  # the client went away or its deadline passed: stop working on that call
 HELLO = 3  # the first frame of a worker, once it listens; the body is "INDEX PID"
+# Engine -> front end: a REPLY with this call id (calls count from 1) is the server's health, its
+# code 1 for SERVING and 0 for NOT_SERVING, so each worker's grpc.health.v1 says what ServerReady says.
+HEALTH_CALL_ID = 0
 
 NO_TIMEOUT = -1.0
 FORWARDED_METADATA = ("traceparent", "tracestate")  # the only client metadata the engine reads

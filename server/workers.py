@@ -74,6 +74,9 @@ class WorkerConnection(ipc.FramedProtocol):
         finally:
             self.calls.pop(call_id, None)
 
+    def send_health(self, is_serving: bool) -> None:
+        self._reply(ipc.HEALTH_CALL_ID, int(is_serving), b"")
+
     def _reply(self, call_id: int, code: int, body: bytes) -> None:
         if self.writer is not None:
             self.writer.write(ipc.REPLY.pack(call_id, code, len(body)), body)
@@ -119,6 +122,7 @@ class WorkerPool:
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
         self.connections: dict[int, WorkerConnection] = {}
         self.is_stopping = False
+        self.is_serving = False  # the health every worker answers, a new one as it says HELLO
         self._ready: dict[int, asyncio.Future[None]] = {}
         self._server: asyncio.AbstractServer | None = None
         self._watch: asyncio.Task[None] | None = None
@@ -157,6 +161,7 @@ class WorkerPool:
 
     def worker_ready(self, connection: WorkerConnection, index: int, pid: int) -> None:
         self.connections[index] = connection
+        connection.send_health(self.is_serving)
         logger.debug("front-end worker %d (pid %d) is listening", index, pid)
         if (future := self._ready.get(index)) is not None and not future.done():
             future.set_result(None)
@@ -179,7 +184,10 @@ class WorkerPool:
                     self._spawn(index)
 
     async def set_serving(self, is_serving: bool) -> None:
-        """Each worker answers health itself: SERVING once listening, NOT_SERVING once asked to stop."""
+        """Each worker answers health itself, as the engine last told it, and NOT_SERVING once asked to stop."""
+        self.is_serving = is_serving
+        for connection in self.connections.values():
+            connection.send_health(is_serving)
 
     def reload_tokens(self) -> None:
         """SIGHUP: each worker re-reads the token file itself."""
