@@ -6,9 +6,19 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from infergate.server.addresses import (
+    Address,
+    AddressError,
+    ListenError,
+    Reservation,
+    TcpAddress,
+    parse_address,
+    reserve,
+)
 from infergate.server.registry import ModelRegistry
 from infergate.server.service import InferenceService
 from infergate.server.telemetry.hub import Telemetry
@@ -42,6 +52,7 @@ class ServerOptions:
     token_file: Path | None = None  # --grpc-auth-token-file: bearer tokens, one per line
     restricted_protocols: tuple[str, ...] = ()  # --grpc-restricted-protocol values
     socket_mode: int = 0o600  # permission bits of a unix: --grpc-address socket
+    is_strict_readiness: bool = True  # --strict-readiness: ServerReady needs every model that should load
     http2_limits: Http2Limits = DEFAULT_LIMITS  # budgets and timeouts (keepalive ones apply to grpcio too)
     telemetry: TelemetryOptions = field(default_factory=TelemetryOptions)
 
@@ -54,56 +65,88 @@ class InferenceServer:
         self.registry = ModelRegistry(options.model_repository)
         self.telemetry = Telemetry(self.registry, options.telemetry)
         self.service = InferenceService(self.registry, is_explicit_control=options.model_control_mode == "explicit",
-                                        telemetry=self.telemetry)
+                                        telemetry=self.telemetry, is_strict_readiness=options.is_strict_readiness)
         self.edge = Edge(options.max_message_bytes, options.tls, options.token_file, options.restricted_protocols,
                          options.http2_limits)
         self.grpc_port = 0
         self.metrics_port = 0
         self.transport: Transport | None = None
+        self._grpc: Reservation | None = None
+        self._metrics: Reservation | None = None
         self._should_exit = asyncio.Event()
 
-    async def start(self) -> None:
-        """Loads the models, then binds and starts serving; raises if the address cannot be bound."""
+    def reserve_addresses(self) -> None:
+        """Binds the gRPC and metrics ports (or checks the Unix socket path) before any model loads, so a bad
+        or busy address costs no loading time; holds them until start() serves. Raises ListenError."""
+        if self._grpc is not None:
+            return
         options = self.options
-        self.registry.discover()
-        if options.model_control_mode == "explicit":
-            names = None if "*" in options.load_models else list(options.load_models)
-            if names is not None:
-                await self.registry.load_all(names)
-            else:
-                await self.registry.load_all()
-        else:
-            await self.registry.load_all()
+        self._grpc = reserve(_parsed(options.grpc_address, "--grpc-address", allow_unix=True), "--grpc-address",
+                             options.grpc_address)
+        if options.metrics_address:
+            # The metrics server (wsgiref) listens on IPv4 only.
+            metrics = _parsed(options.metrics_address, "--metrics-address", allow_unix=False)
+            try:
+                self._metrics = reserve(metrics, "--metrics-address", options.metrics_address, family=socket.AF_INET)
+            except ListenError:
+                self._grpc.release()
+                raise
+
+    def startup_models(self) -> list[str]:
+        """The models start-up loads: every one in the repository, or in explicit mode the --load-model ones."""
+        options = self.options
+        names = self.registry.discover()
+        if options.model_control_mode == "explicit" and "*" not in options.load_models:
+            return list(options.load_models)
+        return names
+
+    async def start(self) -> None:
+        """Reserves the addresses, loads the models, then serves; raises ListenError or OSError."""
+        options = self.options
+        self.reserve_addresses()
+        assert self._grpc is not None
+        names = self.startup_models()
+        self.service.expected_models = set(names)
+        await self.registry.load_all(names)
         self.telemetry.attach_all()
-        self.service.is_ready = True  # loading is done; nothing can call before the port is bound
+        self.service.is_started = True  # loading is done; nothing can call before the port is bound
         self.transport = make_transport(options.transport, options.workers, self.edge, self.service,
                                         loop_name=options.loop, log_level=options.log_level,
                                         exit_timeout_s=options.exit_timeout_s)
-        self.grpc_port = await self._listen(self.transport, options.grpc_address)
-        await self.transport.set_serving(True)
-        if options.metrics_address:
+        grpc = self._grpc.release()
+        self.grpc_port = await self._listen(self.transport, grpc.text)
+        await self.transport.set_serving(self.service.is_ready())
+        self.service.on_readiness = self.transport.set_serving
+        metrics = self._metrics.release() if self._metrics is not None else None
+        if isinstance(metrics, TcpAddress):
             from infergate.server.metrics import start_metrics_server
 
-            host, _, port = options.metrics_address.rpartition(":")
-            self.metrics_port = start_metrics_server(host or "127.0.0.1", int(port), self.registry, self.telemetry)
-        where = options.grpc_address if options.grpc_address.startswith("unix:") else \
-            f"{options.grpc_address.rpartition(':')[0]}:{self.grpc_port}"
-        ready = sum(1 for e in self.registry.entries() if e.versions)
-        logger.info("infergate %s serving %d/%d models; gRPC on %s%s (%s%s%s)", self.service.version, ready,
-                    len(self.registry.entries()), where,
-                    f"; metrics on http://{options.metrics_address.rpartition(':')[0]}:{self.metrics_port}/metrics"
-                    if options.metrics_address else "",
+            self.metrics_port = start_metrics_server(metrics.host, metrics.port, self.registry, self.telemetry)
+        self._log_serving(grpc, metrics)
+
+    def _log_serving(self, grpc: Address, metrics: Address | None) -> None:
+        options = self.options
+        where = TcpAddress(grpc.host, self.grpc_port).text if isinstance(grpc, TcpAddress) else grpc.text
+        entries = self.registry.entries()
+        logger.info("infergate %s serving %d/%d models; gRPC on %s%s (%s%s%s)", self.service.version,
+                    sum(1 for e in entries if e.versions), len(entries), where,
+                    f"; metrics on http://{metrics.host}:{self.metrics_port}/metrics"
+                    if isinstance(metrics, TcpAddress) else "",
                     f"{options.workers} grpcio worker processes" if options.workers > 1
                     else f"{options.transport} transport",
                     ", mutual TLS" if options.tls and options.tls.is_mutual else ", TLS" if options.tls else "",
                     "" if self.edge.access.is_open else ", access policy on")
+        if not self.service.is_ready():
+            failed = sorted(name for name in self.service.expected_models if not self.registry.is_ready(name))
+            logger.warning("not ready: %s did not load (reasons in RepositoryIndex and above), so ServerReady is "
+                           "false and health NOT_SERVING until they do; --strict-readiness false serves as ready "
+                           "anyway", ", ".join(f"'{name}'" for name in failed))
 
     async def _listen(self, transport: Transport, address: str) -> int:
         """Starts the transport; a Unix socket is created with --grpc-socket-mode (0600 unless told)."""
         if not address.startswith("unix:"):
             return await transport.start(address)
         path = address[len("unix:"):]
-        path = path[2:] if path.startswith("//") else path
         # The umask closes the window between bind() and chmod(): the socket is never wider than 0600.
         previous = os.umask(0o177)
         try:
@@ -121,10 +164,14 @@ class InferenceServer:
 
     async def stop(self) -> None:
         """Stops accepting, drains in-flight requests under exit_timeout_s, cancels the rest."""
-        self.service.is_ready = False
+        self.service.is_started = False
+        self.service.on_readiness = None
         if self.transport is not None:
             await self.transport.set_serving(False)
             await self.transport.stop(self.options.exit_timeout_s)
+        for reservation in (self._grpc, self._metrics):
+            if reservation is not None:
+                reservation.release()  # start() failed or never ran: free the ports
         await self.registry.stop(drain_timeout_s=1.0)
         self.telemetry.shutdown()
         logger.info("infergate stopped")
@@ -139,3 +186,11 @@ class InferenceServer:
         await self._should_exit.wait()
         logger.info("shutting down (waiting up to %.0f s for in-flight requests)", self.options.exit_timeout_s)
         await self.stop()
+
+
+def _parsed(text: str, flag: str, *, allow_unix: bool) -> Address:
+    """The address a flag names (the command line checked it already; ServerOptions made in code may not be)."""
+    try:
+        return parse_address(text, allow_unix=allow_unix)
+    except AddressError as exc:
+        raise ListenError(f"{flag} {text!r}: {exc}") from None

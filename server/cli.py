@@ -6,9 +6,12 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from infergate.server.access import AccessConfigError
+from infergate.server.addresses import ListenError
 from infergate.server.app import DEFAULT_MAX_MESSAGE_BYTES, InferenceServer, ServerOptions
+from infergate.server.checks import serve_flag_errors, serve_path_errors
 from infergate.server.loop import LOOPS, run_on_loop
 from infergate.server.telemetry import cli as telemetry_cli
 from infergate.server.tls import TlsConfigError, tls_options
@@ -17,28 +20,53 @@ from infergate.server.transports.flags import add_http2_flags, http2_limits
 logger = logging.getLogger("infergate")
 
 
+class CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: an unknown flag is its own error, shown with its usage, not the top level's."""
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[Any, list[str]]:  # type: ignore[override]
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each default once: not where the help already says it, nor for a flag that is unset by default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, [], (), "", False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="infergate", description="Triton-compatible gRPC inference server.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="serve a model repository over gRPC",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    serve.add_argument("--model-repository", type=Path, default=None,
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
+    serve = commands.add_parser("serve", help="serve a model repository over gRPC", formatter_class=HelpFormatter)
+    serve.add_argument("--model-repository", type=Path, default=None, metavar="DIR",
                        help="Triton-layout model repository; default: the built-in example repository, "
                             "built on first use in the cache directory")
-    serve.add_argument("--grpc-address", default="127.0.0.1:8001",
-                       help="HOST:PORT (port 0 picks a free one) or unix:PATH for a sidecar socket")
-    serve.add_argument("--metrics-address", default="127.0.0.1:8002",
-                       help="HOST:PORT of the Prometheus /metrics endpoint; 'none' turns it off")
+    serve.add_argument("--grpc-address", default="127.0.0.1:8001", metavar="HOST:PORT",
+                       help="HOST:PORT, [IPV6]:PORT, PORT alone (on 127.0.0.1; 0 picks a free port) or unix:PATH "
+                            "for a sidecar socket; 0.0.0.0:PORT listens on every interface")
+    serve.add_argument("--metrics-address", default="127.0.0.1:8002", metavar="HOST:PORT",
+                       help="HOST:PORT (or PORT alone, on 127.0.0.1) of the Prometheus /metrics endpoint; "
+                            "'none' turns it off")
     serve.add_argument("--model-control-mode", choices=("none", "explicit"), default="none",
                        help="none: load every model at start; explicit: load only --load-model models and "
                             "allow RepositoryModelLoad/Unload")
     serve.add_argument("--load-model", action="append", default=[], metavar="NAME",
                        help="in explicit mode, a model to load at start (repeatable; '*' loads all)")
-    serve.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
+    serve.add_argument("--strict-readiness", type=_bool, nargs="?", const=True, default=True, metavar="BOOL",
+                       help="true: ServerReady true and health SERVING only while every model that should be "
+                            "loaded is; false: as soon as the server is up, even when models failed to load "
+                            "(Triton's flag); default true")
+    serve.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES, metavar="BYTES",
                        help="largest gRPC request or response accepted, in bytes")
-    serve.add_argument("--exit-timeout-s", type=float, default=30.0,
+    serve.add_argument("--exit-timeout-s", type=float, default=30.0, metavar="S",
                        help="on SIGTERM/SIGINT, how long to wait for in-flight requests")
-    serve.add_argument("--workers", type=_positive_int, default=1,
+    serve.add_argument("--workers", type=_positive_int, default=1, metavar="N",
                        help="gRPC front-end processes. 1 serves gRPC in this process; N > 1 starts N processes "
                             "that share the TCP port and forward to this one, which keeps the models, batchers "
                             "and statistics (gRPC framing, not compute, bounds one Python process)")
@@ -49,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--loop", choices=LOOPS, default="auto",
                        help="event loop: auto takes uvloop when installed (10-17%% more requests/s measured "
                             "here), else asyncio's")
-    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                       help="least severe log messages printed (to stderr), by this process and its workers")
     _add_security_flags(serve)
     add_http2_flags(serve)
     telemetry_cli.add_serve_flags(serve)
@@ -81,7 +110,7 @@ def _add_security_flags(serve: argparse.ArgumentParser) -> None:
                             "model-config, model-repository, statistics, trace, logging) need header "
                             "'triton-grpc-protocol-KEY: VALUE', else UNAVAILABLE (repeatable)")
     group.add_argument("--grpc-socket-mode", type=_octal_mode, default=0o600, metavar="OCTAL",
-                       help="permission bits of a unix: --grpc-address socket (0600: this user only)")
+                       help="permission bits of a unix: --grpc-address socket; default 600 (this user only)")
 
 
 def _bool(text: str) -> bool:
@@ -110,9 +139,12 @@ def _example_repository(dest: Path | None) -> Path:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
     return value
 
 
@@ -129,25 +161,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command in telemetry_cli.COMMANDS:
         return telemetry_cli.run_command(args)
+    return _serve(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Checks every flag and binds the ports before any model loads, so a mistake costs no loading time."""
+    errors = serve_flag_errors(args) + serve_path_errors(args)
+    if errors:
+        return _refuse(errors)
     repository = args.model_repository
     if repository is None:
-        repository = _example_repository(None)
-        logger.info("no --model-repository given: serving the example repository %s", repository)
-    if args.workers > 1 and args.grpc_address.startswith("unix:"):
-        logger.error("--workers %d needs a TCP --grpc-address, not %s: processes cannot share a Unix socket "
-                     "path; use --workers 1 (the native transport) for a sidecar socket", args.workers,
-                     args.grpc_address)
-        return 2
-    if not repository.is_dir():
-        logger.error("--model-repository %s is not a directory", repository)
-        return 2
-    try:
-        tls = tls_options(args.grpc_use_ssl, args.grpc_use_ssl_mutual, args.grpc_server_cert, args.grpc_server_key,
-                          args.grpc_root_cert)
-        limits = http2_limits(args)
-    except (TlsConfigError, ValueError) as exc:
-        logger.error("%s", exc)
-        return 2
+        from infergate.models.examples import default_repository_dir
+
+        repository = default_repository_dir()  # built below, once the ports are bound
     options = ServerOptions(
         model_repository=repository,
         grpc_address=args.grpc_address,
@@ -160,24 +186,38 @@ def main(argv: list[str] | None = None) -> int:
         transport=args.transport,
         loop=args.loop,
         log_level=args.log_level,
-        tls=tls,
+        tls=tls_options(args.grpc_use_ssl, args.grpc_use_ssl_mutual, args.grpc_server_cert, args.grpc_server_key,
+                        args.grpc_root_cert),
         token_file=args.grpc_auth_token_file,
         restricted_protocols=tuple(args.grpc_restricted_protocol),
         socket_mode=args.grpc_socket_mode,
-        http2_limits=limits,
+        is_strict_readiness=args.strict_readiness,
+        http2_limits=http2_limits(args),
         telemetry=telemetry_cli.telemetry_options(args),
     )
     try:
         server = InferenceServer(options)  # reads the token file and certificates: bad ones stop it here
-    except (TlsConfigError, AccessConfigError) as exc:
-        logger.error("%s", exc)
-        return 2
+        server.reserve_addresses()
+    except (TlsConfigError, AccessConfigError, ListenError) as exc:
+        return _refuse([str(exc)])
+    if args.model_repository is None:
+        _example_repository(options.model_repository)
+        logger.info("no --model-repository given: serving the example repository %s", options.model_repository)
     try:
         run_on_loop(server.serve(), args.loop)
+    except ListenError as exc:
+        return _refuse([str(exc)])
     except OSError as exc:
         logger.error("%s", exc)
         return 1
     return 0
+
+
+def _refuse(errors: list[str]) -> int:
+    """argparse's way: each error on its own line after the command's name, and exit status 2."""
+    for error in errors:
+        print(f"infergate serve: error: {error}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
@@ -43,12 +43,16 @@ class InferenceService:
     """Handlers for every RPC of inference.GRPCInferenceService."""
 
     def __init__(self, registry: ModelRegistry, *, is_explicit_control: bool = False,
-                 telemetry: Telemetry | None = None) -> None:
+                 telemetry: Telemetry | None = None, is_strict_readiness: bool = True) -> None:
         self.registry = registry
         self.telemetry = telemetry
         self.tracer = telemetry.tracer if telemetry is not None else None
         self.is_explicit_control = is_explicit_control
-        self.is_ready = False  # set once start-up loading is done; cleared when shutting down
+        self.is_started = False  # set once start-up loading is done; cleared when shutting down
+        self.is_strict_readiness = is_strict_readiness  # --strict-readiness: ready only with every expected model
+        # Models that should be loaded: those loaded at start, plus RepositoryModelLoad's, less Unload's.
+        self.expected_models: set[str] = set()
+        self.on_readiness: Callable[[bool], Awaitable[None]] | None = None  # the transport's health, told of changes
         self.regions = SharedMemoryRegions()
         self.version = _version()
 
@@ -58,7 +62,17 @@ class InferenceService:
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.is_ready)
+        return pb.ServerReadyResponse(ready=self.is_ready())
+
+    def is_ready(self) -> bool:
+        """ServerReady's answer, and whether health says SERVING."""
+        return is_server_ready(self.is_started, self.is_strict_readiness, self.expected_models,
+                               self.registry.is_ready)
+
+    async def readiness_changed(self) -> None:
+        """Tells the transport's health what ServerReady now answers (after a load or an unload)."""
+        if self.on_readiness is not None:
+            await self.on_readiness(self.is_ready())
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
         return pb.ModelReadyResponse(ready=self.registry.is_ready(request.name, request.version))
@@ -185,7 +199,11 @@ class InferenceService:
                               "load the model from its folder in the repository")
         if request.model_name not in self.registry.discover():
             raise ModelNotFound(request.model_name)
-        await self.registry.load(request.model_name)
+        self.expected_models.add(request.model_name)
+        try:
+            await self.registry.load(request.model_name)
+        finally:
+            await self.readiness_changed()
         if self.telemetry is not None:
             self.telemetry.attach_all()
         return pb.RepositoryModelLoadResponse()
@@ -194,6 +212,8 @@ class InferenceService:
                                     context: Any) -> pb.RepositoryModelUnloadResponse:
         self._require_explicit("unload")
         await self.registry.unload(request.model_name)
+        self.expected_models.discard(request.model_name)
+        await self.readiness_changed()
         return pb.RepositoryModelUnloadResponse()
 
     # -- system shared memory -----------------------------------------------------------
@@ -221,6 +241,12 @@ class InferenceService:
         if not self.is_explicit_control:
             raise NotAllowed(f"explicit model {action} is not allowed: start the server with "
                              "--model-control-mode explicit")
+
+
+def is_server_ready(is_started: bool, is_strict: bool, expected_models: Iterable[str],
+                    is_model_ready: Callable[[str], bool]) -> bool:
+    """Triton's --strict-readiness: up, and (when strict) every model that should be loaded is."""
+    return is_started and (not is_strict or all(is_model_ready(name) for name in expected_models))
 
 
 def _fill_statistics(out: pb.ModelStatistics, served: ServedModel) -> None:

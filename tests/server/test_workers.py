@@ -93,7 +93,7 @@ def test_a_port_in_use_is_refused_clearly(test_repository: Path, flags: tuple[st
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(RuntimeError, match="exited with 1") as info:
+        with pytest.raises(RuntimeError, match="exited with 2") as info:
             start_server("--model-repository", str(test_repository), "--grpc-address", f"127.0.0.1:{port}",
                          "--model-control-mode", "explicit", *flags)
-    assert f"cannot listen on --grpc-address 127.0.0.1:{port}" in str(info.value)
+    assert f"infergate serve: error: --grpc-address 127.0.0.1:{port}: address already in use" in str(info.value)
