@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+import prometheus_client
 import pytest
 from onnx import numpy_helper
 
@@ -119,3 +122,33 @@ def test_compare_starts_infergate_on_the_reference_model_without_tritonclient(tm
     assert sorted(p.name for p in (tmp_path / "cache" / "models").iterdir()) == ["mlp_large.onnx", "mlp_small.onnx"]
     assert (tmp_path / "cache" / "work" / "compare" / "infergate-repo" / "mlp_small" / "1" / "model.onnx").exists()
     assert not (tmp_path / "cache" / "perf_analyzer").exists()  # compare measures with the harness alone
+
+
+
+def _stand_in_mlserver(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The names the MLServer runtime imports (MLServer itself lives only in its own venv)."""
+    modules = {name: types.ModuleType(name) for name in ("mlserver", "mlserver.codecs", "mlserver.types")}
+    modules["mlserver"].MLModel = type("MLModel", (), {})  # type: ignore[attr-defined]
+    modules["mlserver.codecs"].NumpyCodec = None  # type: ignore[attr-defined]
+    modules["mlserver.types"].InferenceRequest = None  # type: ignore[attr-defined]
+    modules["mlserver.types"].InferenceResponse = None  # type: ignore[attr-defined]
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+def test_the_mlserver_runtime_survives_mlservers_reload_for_each_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    _stand_in_mlserver(monkeypatch)
+    monkeypatch.syspath_prepend(str(peer_kit.PEERS_DIR / "mlserver"))
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.delitem(sys.modules, "onnx_runtime", raising=False)
+    module = importlib.import_module("onnx_runtime")
+    try:
+        module._rows_observer("mlp_large", "1")(3)
+        importlib.reload(module)  # what mlserver.settings does before loading each model that names it
+        module._rows_observer("mlp_small", "1")(5)
+        sums = {name: prometheus_client.REGISTRY.get_sample_value(
+            "onnx_batch_rows_sum", {"model_name": name, "model_version": "1"}) for name in ("mlp_large", "mlp_small")}
+        assert sums == {"mlp_large": 3.0, "mlp_small": 5.0}
+    finally:
+        prometheus_client.REGISTRY.unregister(getattr(module, module.HISTOGRAM_GLOBAL))
+        sys.modules.pop("onnx_runtime", None)

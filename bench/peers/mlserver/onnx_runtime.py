@@ -21,9 +21,11 @@ ROWS_METRIC = "onnx_batch_rows"  # rows per onnxruntime run() call: the batch si
 ROWS_HELP = "Rows per onnxruntime run() call (effective batch size)"
 FEATURES = 64  # INPUT0's second dimension
 
-# One histogram per process: prometheus_client refuses a second registration of the same name, and every
-# model loaded in this process observes into it under its own labels.
-_rows_histogram: list[prometheus_client.Histogram] = []
+# One histogram per process, under each model's labels: prometheus_client refuses a second registration of
+# the name. It is kept in the module's namespace and set only once because MLServer runs this module again
+# (importlib.reload, same namespace) for every model that names it: a plain `x = ...` here would drop the
+# first model's histogram, and the second model's load would fail with DuplicateTimeseries.
+HISTOGRAM_GLOBAL = "_rows_histogram"
 
 
 def _rows_observer(model_name: str, model_version: str) -> Callable[[int], None]:
@@ -34,9 +36,11 @@ def _rows_observer(model_name: str, model_version: str) -> Callable[[int], None]
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         mlserver.register(ROWS_METRIC, ROWS_HELP)
         return lambda rows: mlserver.log(**{ROWS_METRIC: rows})
-    if not _rows_histogram:
-        _rows_histogram.append(prometheus_client.Histogram(ROWS_METRIC, ROWS_HELP, ["model_name", "model_version"]))
-    return _rows_histogram[0].labels(model_name=model_name, model_version=model_version).observe
+    if HISTOGRAM_GLOBAL not in globals():
+        globals()[HISTOGRAM_GLOBAL] = prometheus_client.Histogram(ROWS_METRIC, ROWS_HELP,
+                                                                  ["model_name", "model_version"])
+    histogram: prometheus_client.Histogram = globals()[HISTOGRAM_GLOBAL]
+    return histogram.labels(model_name=model_name, model_version=model_version).observe
 
 
 class OnnxModel(MLModel):  # type: ignore[misc]  # MLModel is untyped here (no mlserver in infergate's venv)

@@ -43,6 +43,8 @@ for _ in $(seq 120); do
   if "$work/venv/bin/python" -c "import tritonclient.grpc as g,sys; c=g.InferenceServerClient('127.0.0.1:8081'); sys.exit(0 if c.is_model_ready('mlp_small') and c.is_model_ready('mlp_large') else 1)" 2>/dev/null; then
     echo "MLServer ready on 127.0.0.1:8081 (pid $(cat "$work/server.pid"))"; exit 0
   fi
+  # A model that fails to load makes MLServer exit: say so now rather than after a minute of polling.
+  kill -0 "$(cat "$work/server.pid")" 2>/dev/null || { echo "MLServer exited"; tail -20 "$work/server.log"; exit 1; }
   sleep 0.5
 done
 echo "MLServer did not become ready; log: $work/server.log"; tail -20 "$work/server.log"; exit 1
