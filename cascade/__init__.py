@@ -1,0 +1,1 @@
+"""Model cascades without a server: temperature calibration, confidence routing, threshold tuning, cascade.json."""
