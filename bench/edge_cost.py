@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from infergate.bench.peer_kit import default_bench_cache
 from infergate.bench.perf_compare import CLK_TCK, _parse_csv, _proc_stat, _run_timed
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -236,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--perf-analyzer", type=Path, default=REPO_ROOT / ".perf_analyzer" / "perf_analyzer")
+    parser.add_argument("--perf-analyzer", type=Path, default=default_bench_cache() / "perf_analyzer" / "perf_analyzer",
+                        help="perf_analyzer (bash bench/peers/install_perf_analyzer.sh installs it there)")
     args = parser.parse_args(argv)
     args.variants = [v for v in args.variants.split(",") if v != "before" or args.before]
     raw = args.out / "raw"
