@@ -59,6 +59,10 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> Calibration:
+        missing = [name for name in ("temperature", "output_kind", "n_rows", "n_classes", "before", "after")
+                   if name not in doc]
+        if missing:
+            raise CascadeError(f"{CALIBRATION_FILE}: {missing[0]} is missing, expected the fields Calibration writes")
         kind = doc["output_kind"]
         if kind not in SCORE_KINDS:
             raise CascadeError(f"{CALIBRATION_FILE}: output_kind is {kind!r}, expected one of {list(SCORE_KINDS)}")

@@ -145,7 +145,7 @@ def _route(probabilities: FloatArray, threshold: float, measure: Callable[[Float
 
 
 def _measure(name: str) -> Callable[[FloatArray], FloatArray]:
-    if name not in MEASURES:
+    if not isinstance(name, str) or name not in MEASURES:
         raise CascadeError(f"measure is {name!r}, expected one of {list(MEASURES)}")
     return MEASURES[name]
 

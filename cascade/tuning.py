@@ -173,7 +173,7 @@ def _problem(stage_probabilities: Sequence[npt.ArrayLike], labels: npt.ArrayLike
     for index, cost in enumerate(cost_per_inference_usd):
         if not (is_number(cost) and math.isfinite(cost) and cost >= 0):
             raise CascadeError(f"cost_per_inference_usd[{index}] is {cost!r}, expected a finite number >= 0")
-    if measure not in MEASURES:
+    if not isinstance(measure, str) or measure not in MEASURES:
         raise CascadeError(f"measure is {measure!r}, expected one of {list(MEASURES)}")
     is_right = np.stack([p.argmax(axis=1) == y for p in stages])
     cumulative = np.cumsum(np.asarray(cost_per_inference_usd, dtype=np.float64))
