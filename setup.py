@@ -8,7 +8,7 @@ from setuptools import setup
 
 # The repository's top level is the architecture; installed, every folder lives under
 # the `infergate` namespace so no bare `server` or `models` lands in site-packages.
-SUBPACKAGES = ("proto", "server", "batching", "models", "kernels", "bench")
+SUBPACKAGES = ("proto", "server", "batching", "models", "kernels", "cascade", "bench")
 # Packages nested in a top-level folder: infergate.<dotted name> lives in <folder>/<name>.
 NESTED_PACKAGES = ("server.telemetry", "server.transports", "bench.loadgen")
 

@@ -33,7 +33,7 @@ from infergate.bench.perf_compare import CLK_TCK, _parse_csv, _proc_stat, _run_t
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("before", "plain", "tls", "mtls", "token")
-SUBPACKAGES = ("proto", "server", "batching", "models", "kernels", "bench")  # as setup.py installs them
+SUBPACKAGES = ("proto", "server", "batching", "models", "kernels", "cascade", "bench")  # as setup.py installs them
 MEASUREMENT_MS = 4000  # perf_analyzer -p
 MAX_TRIALS = 6  # perf_analyzer --max-trials
 STABILITY_PCT = 25  # perf_analyzer -s: two shared cores rarely hold 10 %
@@ -99,7 +99,8 @@ def before_tree(commit: str, work: Path) -> Path:
         package.mkdir(parents=True)
         (package / "__init__.py").write_text("")
         for name in SUBPACKAGES:
-            (package / name).symlink_to(worktree / name)
+            if (worktree / name).exists():  # older trees lack the newer folders
+                (package / name).symlink_to(worktree / name)
     return package.parent
 
 

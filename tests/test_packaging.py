@@ -20,7 +20,8 @@ def test_wheel_has_only_the_infergate_namespace(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {name.split("/")[0] for name in names}
     assert top_level == {"infergate", wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1] + ".dist-info"}
-    for package in ("proto", "server", "batching", "models", "kernels", "bench", "server/telemetry", "bench/loadgen"):
+    for package in ("proto", "server", "batching", "models", "kernels", "cascade", "bench", "server/telemetry",
+                    "bench/loadgen"):
         assert f"infergate/{package}/__init__.py" in names
     assert "infergate/proto/grpc_service.proto" in names
     assert not any(name.startswith("infergate/tests") for name in names)

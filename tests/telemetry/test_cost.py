@@ -56,9 +56,17 @@ def test_bad_model_price_falls_back_with_one_warning(caplog: pytest.LogCaptureFi
     assert cost.model_price("m", {"price_usd_per_hour": "1.5"}, default) == Price(1.5, "config parameter")
 
 
-def test_server_prices_per_model_and_serves_despite_bad_prices(telemetry_repository: Path) -> None:
-    server = start_server("--model-repository", str(telemetry_repository), "--cpu-core-price-usd-per-hour", "0.5",
-                          "--gpu-price-usd-per-hour", "cheap")
+def test_a_bad_price_flag_stops_the_server_before_it_loads(telemetry_repository: Path) -> None:
+    with pytest.raises(RuntimeError) as raised:
+        start_server("--model-repository", str(telemetry_repository), "--gpu-price-usd-per-hour", "cheap")
+    message = str(raised.value)
+    assert "server exited with 2" in message
+    assert "--gpu-price-usd-per-hour is 'cheap', expected a number of USD per hour" in message
+    assert "loaded model" not in message
+
+
+def test_server_prices_per_model_and_serves_despite_a_bad_model_price(telemetry_repository: Path) -> None:
+    server = start_server("--model-repository", str(telemetry_repository), "--cpu-core-price-usd-per-hour", "0.5")
     try:
         with grpcclient.InferenceServerClient(server.address) as client:
             x = grpcclient.InferInput("INPUT0", [4, 16], "FP32")
@@ -77,5 +85,4 @@ def test_server_prices_per_model_and_serves_despite_bad_prices(telemetry_reposit
     # Cost per 1k inferences is exactly price x busy seconds / inferences x 1000.
     assert everything["cost_per_1k_inferences_usd"] == pytest.approx(7.2 / 3600 * everything["busy_s"] / 20 * 1000)
     log = "".join(server.log)
-    assert log.count("--gpu-price-usd-per-hour is 'cheap', expected a number of USD per hour") == 1
     assert log.count("model 'bad_price' parameter price_usd_per_hour is 'lots'") == 1
