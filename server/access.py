@@ -18,11 +18,11 @@ from typing import Any
 
 import grpc
 
+from infergate.server.health import HEALTH_SERVICE
 from infergate.server.protocol import METHOD_NAMES, SERVICE_NAME
 
 logger = logging.getLogger(__name__)
 
-HEALTH_SERVICE = "grpc.health.v1.Health"
 AUTHORIZATION = b"authorization"
 RESTRICTED_HEADER_PREFIX = "triton-grpc-protocol-"  # Triton's: the header is this prefix + the flag's key
 MAX_TOKEN_FILE_BYTES = 1 << 20  # a token file is a short list; a huge one is a mistake, not a token list

@@ -12,8 +12,8 @@ from infergate.server.calls import bytes_methods, parse_or_abort
 from infergate.server.errors import code_of
 from infergate.server.health import HEALTH_SERVICE, HealthState
 from infergate.server.protocol import METHOD_NAMES, SERVICE_NAME
+from infergate.server.reflection import reflection_servicer
 from infergate.server.service import InferenceService
-from infergate.server.transports.grpcio import reflection_servicer
 from infergate.server.transports.native import Route, Stream
 
 

@@ -8,23 +8,18 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2_grpc
 
 from infergate.models.errors import InferError
-from infergate.proto import _pool
 from infergate.server.access import AccessInterceptor
 from infergate.server.errors import code_of
 from infergate.server.health import HEALTH_SERVICE, HealthState
-from infergate.server.protocol import SERVICE_NAME
+from infergate.server.reflection import reflection_servicer
 from infergate.server.tls import grpc_credentials
 from infergate.server.transports.edge import Edge
 from infergate.server.transports.h2_limits import Http2Limits
 
 logger = logging.getLogger(__name__)
-
-# What reflection's list_services answers, on every transport (grpc_reflection's v1alpha, as grpcurl asks).
-REFLECTED_SERVICES = (SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME)
-
 
 def grpc_server(edge: Edge, handler: grpc.GenericRpcHandler, health: HealthState, *,
                 is_port_shared: bool) -> grpc.aio.Server:
@@ -41,12 +36,6 @@ def grpc_server(edge: Edge, handler: grpc.GenericRpcHandler, health: HealthState
     server.add_generic_rpc_handlers((handler, health_handler(health)))
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection_servicer(), server)
     return server
-
-
-def reflection_servicer() -> reflection.aio.ReflectionServicer:
-    """Server reflection over infergate's descriptor pool: the one set-up, grpcio's and the native routes'."""
-    _pool.add_grpc_service_protos()
-    return reflection.aio.ReflectionServicer(REFLECTED_SERVICES, pool=_pool.POOL)
 
 
 def health_handler(health: HealthState) -> grpc.GenericRpcHandler:
