@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import csv
 import datetime as dt
+import importlib.metadata
 import json
 import logging
 import os
@@ -611,21 +612,23 @@ def _ensure_tools(cfg: Config) -> None:
 
 
 def git_commit(repo: Path = REPO_ROOT) -> str:
-    """HEAD's commit, read from .git without running git."""
-    git = repo / ".git"
+    """The commit the results came from: the checkout's HEAD (a clone, a worktree, an editable install), else
+    the current directory's when it is an infergate checkout (a `pip install .` runs from site-packages),
+    else the installed version."""
+    for where in (repo, Path.cwd()):
+        if not (where / "setup.py").exists() or not (where / "bench").is_dir():
+            continue  # not an infergate checkout: its HEAD would name some other project's commit
+        try:
+            done = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                  timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if done.returncode == 0 and done.stdout.strip():
+            return done.stdout.strip()
     try:
-        head = (git / "HEAD").read_text().strip()
-        if not head.startswith("ref: "):
-            return head
-        ref = head[5:]
-        if (git / ref).exists():
-            return (git / ref).read_text().strip()
-        for line in (git / "packed-refs").read_text().splitlines():
-            if line.endswith(" " + ref):
-                return line.split()[0]
-    except OSError:
-        pass
-    return "unknown"
+        return "infergate " + importlib.metadata.version("infergate") + " (installed, not a checkout)"
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _output_of(cmd: list[str]) -> str:
