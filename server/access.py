@@ -50,6 +50,8 @@ def _group_of_path() -> dict[bytes, str]:
              for group, names in GROUP_METHODS.items() for name in names if name in METHOD_NAMES}
     # Triton's health group also covers the standard gRPC health checking protocol.
     paths.update({f"/{HEALTH_SERVICE}/{name}".encode(): "health" for name in ("Check", "Watch")})
+    # Server reflection, v1alpha and v1 alike, is in no group: it needs a token when
+    # tokens are on, and no restriction covers it.
     return paths
 
 

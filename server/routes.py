@@ -12,7 +12,7 @@ from infergate.server.calls import bytes_methods, parse_or_abort
 from infergate.server.errors import code_of
 from infergate.server.health import HEALTH_SERVICE, HealthState
 from infergate.server.protocol import METHOD_NAMES, SERVICE_NAME
-from infergate.server.reflection import reflection_servicer
+from infergate.server.reflection import V1_SERVICE_NAME, reflection_servicer
 from infergate.server.service import InferenceService
 from infergate.server.transports.native import Route, Stream
 
@@ -66,5 +66,7 @@ def build_routes(service: InferenceService, health: HealthState) -> dict[bytes, 
         routes[path] = Route(per_message=method) if name == "ModelStreamInfer" else Route(unary=method)
     routes[f"/{HEALTH_SERVICE}/Check".encode()] = Route(unary=_check(health))
     routes[f"/{HEALTH_SERVICE}/Watch".encode()] = Route(watch=_watch(health))
-    routes[f"/{reflection.SERVICE_NAME}/ServerReflectionInfo".encode()] = Route(per_message=_reflection())
+    reflect = _reflection()  # one servicer for v1alpha and v1: their messages are the same bytes
+    for reflection_service in (reflection.SERVICE_NAME, V1_SERVICE_NAME):
+        routes[f"/{reflection_service}/ServerReflectionInfo".encode()] = Route(per_message=reflect)
     return routes

@@ -8,13 +8,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from grpc_reflection.v1alpha import reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from infergate.models.errors import InferError
 from infergate.server.access import AccessInterceptor
 from infergate.server.errors import code_of
 from infergate.server.health import HEALTH_SERVICE, HealthState
-from infergate.server.reflection import reflection_servicer
+from infergate.server.reflection import V1_SERVICE_NAME, reflection_servicer
 from infergate.server.tls import grpc_credentials
 from infergate.server.transports.edge import Edge
 from infergate.server.transports.h2_limits import Http2Limits
@@ -34,8 +34,20 @@ def grpc_server(edge: Edge, handler: grpc.GenericRpcHandler, health: HealthState
             *keepalive_options(edge.limits),
         ])
     server.add_generic_rpc_handlers((handler, health_handler(health)))
-    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection_servicer(), server)
+    reflect = reflection_servicer()
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflect, server)
+    server.add_generic_rpc_handlers((reflection_v1_handler(reflect),))
     return server
+
+
+def reflection_v1_handler(servicer: reflection_pb2_grpc.ServerReflectionServicer) -> grpc.GenericRpcHandler:
+    """grpc.reflection.v1.ServerReflection on the v1alpha servicer: the two versions' messages are the same bytes."""
+    return grpc.method_handlers_generic_handler(V1_SERVICE_NAME, {
+        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+            servicer.ServerReflectionInfo,
+            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString),
+    })
 
 
 def health_handler(health: HealthState) -> grpc.GenericRpcHandler:

@@ -51,6 +51,16 @@ def test_token_policy(tmp_path: Path) -> None:
     assert policy.check(b"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", {}) is not None
 
 
+def test_reflection_v1alpha_and_v1_need_a_token_and_are_in_no_group(tmp_path: Path) -> None:
+    paths = [f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo".encode()
+             for version in ("v1alpha", "v1")]
+    assert not set(paths) & set(GROUP_OF_PATH)
+    policy = AccessPolicy(_tokens(tmp_path, "alpha-1\n"))
+    for path in paths:
+        assert policy.check(path, {})[0] == UNAUTHENTICATED  # type: ignore[index]
+        assert policy.check(path, {b"authorization": b"Bearer alpha-1"}) is None
+
+
 def test_token_reload_keeps_old_tokens_on_a_bad_file(tmp_path: Path) -> None:
     path = _tokens(tmp_path, "first\n")
     policy = AccessPolicy(path)

@@ -108,10 +108,45 @@ def test_health_checking_and_reflection(url: str) -> None:
         request = reflection_pb2.ServerReflectionRequest(list_services="")
         services = {s.name for r in reflect.ServerReflectionInfo(iter([request]))
                     for s in r.list_services_response.service}
-        assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= services
+        assert {"inference.GRPCInferenceService", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
+                "grpc.reflection.v1.ServerReflection"} <= services
         request = reflection_pb2.ServerReflectionRequest(file_containing_symbol="inference.ModelInferRequest")
         found = [r for r in reflect.ServerReflectionInfo(iter([request]))]
         assert found[0].file_descriptor_response.file_descriptor_proto
+
+
+def test_reflection_v1(url: str) -> None:
+    """grpc.reflection.v1, which current grpcurl, grpc_cli and Postman ask for first: v1alpha's bytes."""
+    from google.protobuf import descriptor_pb2
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    def ask(channel: grpc.Channel, **request: str) -> list[reflection_pb2.ServerReflectionResponse]:
+        call = channel.stream_stream("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                                     request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                                     response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+        return list(call(iter([reflection_pb2.ServerReflectionRequest(**request)]), timeout=10))
+
+    def files(response: reflection_pb2.ServerReflectionResponse) -> dict[str, descriptor_pb2.FileDescriptorProto]:
+        protos = [descriptor_pb2.FileDescriptorProto.FromString(b)
+                  for b in response.file_descriptor_response.file_descriptor_proto]
+        return {proto.name: proto for proto in protos}
+
+    with grpc.insecure_channel(url) as channel:
+        (listed,) = ask(channel, list_services="")
+        assert {s.name for s in listed.list_services_response.service} == {
+            "inference.GRPCInferenceService", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
+            "grpc.reflection.v1.ServerReflection"}
+        (found,) = ask(channel, file_containing_symbol="inference.GRPCInferenceService")
+        assert not found.HasField("error_response")
+        services = {f"{proto.package}.{s.name}" for proto in files(found).values() for s in proto.service}
+        assert "inference.GRPCInferenceService" in services
+        # A client that describes the reflection service itself gets v1's own file, under v1's package.
+        (own,) = ask(channel, file_containing_symbol="grpc.reflection.v1.ServerReflection")
+        v1 = files(own)["grpc/reflection/v1/reflection.proto"]
+        assert v1.package == "grpc.reflection.v1"
+        assert v1.service[0].method[0].input_type == ".grpc.reflection.v1.ServerReflectionRequest"
+        (missing,) = ask(channel, file_containing_symbol="no.such.Symbol")
+        assert missing.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
 
 
 @pytest.mark.skipif(not has_torch(), reason="the torch extra is not installed")
