@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from infergate.server.help_format import HelpFormatter
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_WINDOW_S = 10.0  # measurement window per point, s
@@ -90,7 +92,7 @@ def add_parser(commands: Any) -> None:
         description="Closed-loop, open-loop (Poisson) and SLO-sweep load over the KServe v2 gRPC protocol. "
                     "Exit status: 0 measured, 1 a point was limited by the client or got wrong answers, "
                     "2 bad input or unusable target.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     bench.add_argument("--target", default=None, help="HOST:PORT or unix:PATH of the server")
     bench.add_argument("--model", default=None, help="model name")
     bench.add_argument("--label", default=None, help="the target's name in results (default: --target)")

@@ -12,6 +12,7 @@ from infergate.server.access import AccessConfigError
 from infergate.server.addresses import ListenError
 from infergate.server.app import DEFAULT_MAX_MESSAGE_BYTES, InferenceServer, ServerOptions
 from infergate.server.checks import serve_flag_errors, serve_path_errors
+from infergate.server.help_format import HelpFormatter
 from infergate.server.loop import LOOPS, run_on_loop
 from infergate.server.telemetry import cli as telemetry_cli
 from infergate.server.tls import TlsConfigError, tls_options
@@ -28,16 +29,6 @@ class CommandParser(argparse.ArgumentParser):
         if extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}")
         return parsed, extras
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each default once: not where the help already says it, nor for a flag that is unset by default."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = action.help or ""
-        if "default" in text or action.default in (None, [], (), "", False, argparse.SUPPRESS):
-            return text
-        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,7 @@ from infergate.bench.loadgen.errors import BenchError
 from infergate.bench.loadgen.points import Point
 from infergate.bench.loadgen.runner import LoadRunner, Workload
 from infergate.bench.loadgen.session import DataOptions, prepare_target
+from infergate.server.help_format import HelpFormatter
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def add_parser(sub: Any) -> None:
         description="Starts infergate on the reference model, then alternates perf_analyzer and the harness at the "
                     f"same closed-loop concurrency; passes (exit 0) when the harness's median throughput and P50 "
                     f"are within {100 * TOLERANCE:g}% of perf_analyzer's.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("--model", dest="agreement_model", metavar="NAME", default="mlp_small", help="reference model")
     parser.add_argument("--concurrency", dest="agreement_concurrency", metavar="C", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3, help="perf_analyzer, harness pairs (order alternating)")

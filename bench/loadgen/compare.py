@@ -21,6 +21,7 @@ from infergate.bench.loadgen.points import Point
 from infergate.bench.loadgen.runner import LoadRunner, Workload
 from infergate.bench.loadgen.session import LoadPlan, Target, check_plan, prepare_target, run_plan
 from infergate.bench.loadgen.workload import grpc_target
+from infergate.server.help_format import HelpFormatter
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def add_parser(sub: Any) -> None:
                     f"{peer_kit.PEERS_DIR}), all at once on their own ports, and measures each point against "
                     "each server in turn (the order rotating), so drift on a noisy machine hits all alike. Ratios "
                     "are of the first target over each other one.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("--servers", default="infergate,triton,mlserver",
                         help="servers to start, comma-separated: " + ", ".join(pc.SERVER_NAMES) + " ('' for none)")
     parser.add_argument("--target", action="append", default=[], metavar="NAME=ADDRESS", dest="targets",
