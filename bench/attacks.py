@@ -37,6 +37,14 @@ import grpc
 import hpack
 import numpy as np
 
+try:
+    import hypothesis  # noqa: F401  (the bench extra; h2fuzz builds its strategies at import)
+except ModuleNotFoundError:
+    if __name__ == "__main__":  # the command, not a test importing it: one line, not a traceback
+        print("python -m infergate.bench.attacks: hypothesis is not installed; pip install 'infergate[bench]'",
+              file=sys.stderr)
+        sys.exit(2)
+    raise
 from infergate.bench import h2fuzz
 from infergate.bench.h2fuzz import (
     ACK,

@@ -24,6 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+
+try:
+    import hypothesis  # noqa: F401  (the bench extra; h2fuzz builds its strategies at import)
+except ModuleNotFoundError:
+    if __name__ == "__main__":  # the command, not a test importing it: one line, not a traceback
+        print("python -m infergate.bench.fuzz: hypothesis is not installed; pip install 'infergate[bench]'",
+              file=sys.stderr)
+        sys.exit(2)
+    raise
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
