@@ -1,12 +1,14 @@
 """What the edge costs: perf_analyzer on mlp_small, plaintext before/after a change, and TLS / mutual TLS.
 
     python -m infergate.bench.edge_cost --out bench/results/security-2026-12-01/edge-cost \
-        --before 6573f95 --rounds 2
+        --before 6573f95 --after HEAD --rounds 2
 
 Variants run interleaved, one server at a time, odd rounds in this order and even rounds reversed: `before` (the tree at
 --before, from a git worktree, plaintext), `plain` (this tree), `tls`, `mtls`, and `token` (a bearer
 token required, sent by perf_analyzer as a header). The machine has two cores that perf_analyzer
-shares with the server: read ratios within one run, not absolute figures across runs.
+shares with the server: read ratios within one run, not absolute figures across runs. With --after,
+every other variant runs from a worktree of that commit too, loaded as `before` is: the same code
+ran 4 % faster from a worktree than editable-installed, which a before/after ratio must not count.
 """
 
 from __future__ import annotations
