@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from infergate.bench.edge_cost import CONFIG_PBTXT, REPO_ROOT, _stop, before_tree, mlp_small
+from infergate.bench.edge_cost import _start as _start_server
 
 WARMUP_CALLS = 300
 READY_TIMEOUT_S = 600  # python, numpy and onnxruntime imported under valgrind take minutes
@@ -72,18 +73,7 @@ def _start(env: dict[str, str], repo: Path, log_path: Path, out_file: Path,
                f"--cache-sim={'yes' if cache_sim else 'no'}",
                sys.executable, "-m", "infergate.server", "serve", "--model-repository", str(repo),
                "--grpc-address", "127.0.0.1:0", "--metrics-address", "none"]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        text = log_path.read_text(errors="replace")
-        if "gRPC on " in text:
-            return process, int(text.split("gRPC on ", 1)[1].split(";")[0].split(" ")[0].rpartition(":")[2])
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited {process.returncode}:\n{text[-2000:]}")
-        time.sleep(0.5)
-    _stop(process)
-    raise RuntimeError(f"server not ready in {READY_TIMEOUT_S} s")
+    return _start_server(command, env, log_path, READY_TIMEOUT_S)
 
 
 def _inference_count(port: int) -> int:

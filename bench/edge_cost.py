@@ -132,11 +132,12 @@ def _pa_flags(variant: str, pki: dict[str, Path]) -> list[str]:
     return []
 
 
-def _start(command: list[str], env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
+def _start(command: list[str], env: dict[str, str], log_path: Path,
+           ready_timeout_s: float = READY_TIMEOUT_S) -> tuple[subprocess.Popen[bytes], int]:
     """Starts a server and waits for its ready line; returns it and its port."""
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    deadline = time.monotonic() + READY_TIMEOUT_S
+    deadline = time.monotonic() + ready_timeout_s
     while time.monotonic() < deadline:
         text = log_path.read_text(errors="replace")
         if "gRPC on " in text:
@@ -146,7 +147,7 @@ def _start(command: list[str], env: dict[str, str], log_path: Path) -> tuple[sub
             raise RuntimeError(f"server exited {process.returncode}:\n{text[-2000:]}")
         time.sleep(0.2)
     process.kill()
-    raise RuntimeError(f"server not ready in {READY_TIMEOUT_S} s")
+    raise RuntimeError(f"server not ready in {ready_timeout_s} s")
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
