@@ -7,7 +7,9 @@
                  "temperature": 1.1}]}
 
 A version of -1 or null, or none, means the newest version the repository serves. The last stage answers
-every row that reaches it, so it has no threshold.
+every row that reaches it, so it has no threshold. The cascade's tensors are those of stages[0]; a later stage
+whose tensors are named otherwise maps them, cascade name to its own: "inputs": {"INPUT0": "INPUT__0"},
+"outputs": {"OUTPUT0": "OUTPUT__0"} (absent: the same names).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ logger = logging.getLogger(__name__)
 CASCADE_FILE = "cascade.json"
 LATEST_VERSION = -1  # what the file may say for "the newest version"; held as None
 TOP_FIELDS = ("measure", "stages")
-STAGE_FIELDS = ("model", "version", "output", "output_kind", "temperature", "threshold")
+STAGE_FIELDS = ("model", "version", "output", "output_kind", "temperature", "threshold", "inputs", "outputs")
 _MISSING: Any = object()  # a field the document leaves out, told apart from an explicit null
 
 
@@ -43,6 +45,15 @@ class StageConfig:
     output_kind: ScoreKind  # whether that output holds logits or probabilities
     temperature: float  # T > 0: calibrated probabilities = softmax(log-domain scores / T)
     threshold: float | None  # answer rows whose confidence >= threshold, in [0, 1]; None for the last stage
+    # (cascade tensor name, this stage's name) for tensors this stage names otherwise than stages[0]
+    inputs: tuple[tuple[str, str], ...] = ()
+    outputs: tuple[tuple[str, str], ...] = ()
+
+    def input_name(self, cascade_name: str) -> str:
+        return dict(self.inputs).get(cascade_name, cascade_name)
+
+    def output_name(self, cascade_name: str) -> str:
+        return dict(self.outputs).get(cascade_name, cascade_name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +114,10 @@ def cascade_config_to_dict(config: CascadeConfig) -> dict[str, Any]:
                                "temperature": stage.temperature}
         if index < len(config.stages) - 1:
             doc["threshold"] = stage.threshold
+        for name in ("inputs", "outputs"):
+            pairs = getattr(stage, name)
+            if pairs:
+                doc[name] = dict(pairs)
         stages.append(doc)
     return {"measure": config.measure, "stages": stages}
 
@@ -182,8 +197,25 @@ def _stage(entry: Any, index: int, is_last: bool, source: str) -> StageConfig:
         threshold = None
     elif not (is_number(threshold) and 0.0 <= threshold <= 1.0):
         raise CascadeConfigError(f"{where}.threshold is {_show(threshold)}, expected a number in [0, 1]")
+    maps = [_name_map(entry, name, where) for name in ("inputs", "outputs")]
+    if index == 0 and any(maps):
+        raise CascadeConfigError(f"{where} maps tensor names, expected none: the cascade's tensors are "
+                                 "stages[0]'s own")
     return StageConfig(model, None if version in (None, LATEST_VERSION) else int(version), output,
-                       cast(ScoreKind, kind), float(temperature), None if threshold is None else float(threshold))
+                       cast(ScoreKind, kind), float(temperature), None if threshold is None else float(threshold),
+                       *maps)
+
+
+def _name_map(entry: dict[str, Any], name: str, where: str) -> tuple[tuple[str, str], ...]:
+    """A stage's optional {cascade tensor name: stage tensor name}; pairs that name the same tensor dropped."""
+    doc = entry.get(name, {})
+    if not isinstance(doc, dict) or not all(isinstance(k, str) and k and isinstance(v, str) and v
+                                            for k, v in doc.items()):
+        raise CascadeConfigError(f"{where}.{name} is {_show(doc)}, expected an object of cascade tensor name "
+                                 "to this stage's tensor name")
+    if len(set(doc.values())) != len(doc):
+        raise CascadeConfigError(f"{where}.{name} is {_show(doc)}, expected each of this stage's tensors once")
+    return tuple(sorted((k, v) for k, v in doc.items() if k != v))
 
 
 def _text(entry: dict[str, Any], name: str, where: str) -> str:

@@ -18,6 +18,9 @@ CONFIG_FILE = "config.pbtxt"
 # Platform/backend names infergate serves, and the model file each expects by default.
 PLATFORM_FILES = {"onnxruntime_onnx": "model.onnx", "pytorch_libtorch": "model.pt"}
 BACKEND_PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "pytorch": "pytorch_libtorch"}
+# A cascade of other models (cascade/): no model file, and no version folder needed.
+CASCADE_PLATFORM = "infergate_cascade"
+PLATFORMS = sorted([*PLATFORM_FILES, CASCADE_PLATFORM])
 
 # ModelConfig fields infergate honours; any other field set in a config is reported.
 HONOURED_FIELDS = {
@@ -101,10 +104,10 @@ def tensor_specs(tensors: list[mc.ModelInput] | list[mc.ModelOutput], kind: str,
 def resolve_platform(config: mc.ModelConfig, model_dir: Path) -> str:
     """Returns the platform, from `platform`, `backend`, or the model file present."""
     if config.platform:
-        if config.platform not in PLATFORM_FILES:
+        if config.platform not in PLATFORMS:
             raise ConfigError(
                 f"model '{config.name}': platform '{config.platform}' is not supported "
-                f"(expected one of {sorted(PLATFORM_FILES)})"
+                f"(expected one of {PLATFORMS})"
             )
         return config.platform
     if config.backend:

@@ -109,7 +109,7 @@ def _set(path: str, value: Any) -> dict[str, Any]:
     ("stages.0.model", "", 'stages[0].model is "", expected a non-empty string'),
     ("stages.2.output", ..., "stages[2].output is missing, expected a non-empty string"),
     ("stages.0.treshold", 0.5, "stages[0] has unknown field 'treshold', expected only ['model', 'version', "
-                               "'output', 'output_kind', 'temperature', 'threshold']"),
+                               "'output', 'output_kind', 'temperature', 'threshold', 'inputs', 'outputs']"),
     ("stages.1", 3, "stages[1] is 3, expected a JSON object"),
     ("measure", "confidence", "measure is \"confidence\", expected one of ['max_prob', 'margin', 'entropy']"),
     ("measure", ..., "measure is missing, expected one of ['max_prob', 'margin', 'entropy']"),
@@ -159,3 +159,28 @@ def test_output_widths_must_agree() -> None:
     with pytest.raises(CascadeConfigError, match=r"stages\[0\].output 'LOGITS' of model 'small' has width -1, "
                                                  r"expected a fixed number of classes, at least 2$"):
         check_output_widths(CONFIG, lambda stage: -1)
+
+
+def test_later_stages_map_tensor_names_and_round_trip(tmp_path: Path) -> None:
+    doc = _doc()
+    doc["stages"][2]["inputs"] = {"INPUT0": "INPUT__0"}
+    doc["stages"][2]["outputs"] = {"OUTPUT0": "OUTPUT__0", "SAME": "SAME"}
+    stage = parse_cascade_config(json.dumps(doc)).stages[2]
+    assert (stage.inputs, stage.outputs) == ((("INPUT0", "INPUT__0"),), (("OUTPUT0", "OUTPUT__0"),))
+    assert (stage.input_name("INPUT0"), stage.output_name("SAME")) == ("INPUT__0", "SAME")
+    config = parse_cascade_config(json.dumps(doc))
+    write_cascade_config(tmp_path / "cascade.json", config)
+    assert read_cascade_config(tmp_path / "cascade.json") == config
+
+
+@pytest.mark.parametrize(("index", "field", "value", "message"), [
+    (0, "inputs", {"A": "B"}, "stages[0] maps tensor names, expected none: the cascade's tensors are stages[0]'s own"),
+    (1, "outputs", ["A"], "stages[1].outputs is [\"A\"], expected an object of cascade tensor name to this stage's"),
+    (1, "inputs", {"A": "X", "B": "X"}, "stages[1].inputs is {\"A\": \"X\", \"B\": \"X\"}, expected each of this"),
+])
+def test_bad_tensor_maps(index: int, field: str, value: Any, message: str) -> None:
+    doc = _doc()
+    doc["stages"][index][field] = value
+    with pytest.raises(CascadeConfigError) as info:
+        parse_cascade_config(json.dumps(doc), "c.json")
+    assert str(info.value).startswith(f"c.json: {message}")

@@ -15,11 +15,12 @@ from infergate.cascade.model_config import (
     PROBABILITIES_OUTPUT,
     STAGE_OUTPUT,
     cascade_config_pbtxt,
-    common_inputs,
+    stage_tensor_maps,
 )
 from infergate.models.config import TensorSpec, check_fields, read_config, tensor_specs
 
 INPUTS = [TensorSpec("INPUT0", "FP32", (64,)), TensorSpec("MASK", "BOOL", (-1,))]
+OUTPUTS = [TensorSpec("OUTPUT0", "FP32", (10,)), TensorSpec("LOGITS", "FP32", (10,))]
 CONFIG = CascadeConfig("max_prob", (StageConfig("small", None, "LOGITS", "logits", 1.5, 0.9),
                                     StageConfig("large", 3, "PROBS", "probabilities", 1.1, None)))
 
@@ -27,12 +28,12 @@ CONFIG = CascadeConfig("max_prob", (StageConfig("small", None, "LOGITS", "logits
 def test_models_config_parses_the_text(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     model_dir = tmp_path / "digits_cascade"
     model_dir.mkdir()
-    (model_dir / "config.pbtxt").write_text(cascade_config_pbtxt("digits_cascade", INPUTS, 10, 16))
+    (model_dir / "config.pbtxt").write_text(cascade_config_pbtxt("digits_cascade", INPUTS, OUTPUTS, 10, 16))
     config = read_config(model_dir)
     assert (config.name, config.platform, config.max_batch_size) == ("digits_cascade", CASCADE_PLATFORM, 16)
     assert tensor_specs(list(config.input), "input", config.name) == INPUTS
     assert tensor_specs(list(config.output), "output", config.name) == [
-        TensorSpec(PROBABILITIES_OUTPUT, "FP32", (10,)), TensorSpec(STAGE_OUTPUT, "INT32", (1,)),
+        *OUTPUTS, TensorSpec(PROBABILITIES_OUTPUT, "FP32", (10,)), TensorSpec(STAGE_OUTPUT, "INT32", (1,)),
         TensorSpec(CONFIDENCE_OUTPUT, "FP32", (1,))]
     assert config.parameters["cascade_config"].string_value == "cascade.json"
     with caplog.at_level(logging.WARNING):
@@ -40,14 +41,27 @@ def test_models_config_parses_the_text(tmp_path: Path, caplog: pytest.LogCapture
     assert caplog.messages == []
 
 
-def test_common_inputs_are_those_every_stage_takes() -> None:
-    inputs = {"small": INPUTS, "large": list(reversed(INPUTS))}  # order does not matter, names do
-    assert common_inputs(CONFIG, lambda stage: inputs[stage.model]) == INPUTS
-    inputs["large"] = [TensorSpec("INPUT0", "FP32", (32,))]
+def test_stages_match_by_name_then_by_position() -> None:
+    inputs = {"small": INPUTS, "large": list(reversed(INPUTS))}  # order does not matter when names match
+    renamed = [TensorSpec("OUTPUT__0", "FP32", (10,)), TensorSpec("OUTPUT__1", "FP32", (10,))]
+    outputs = {"small": OUTPUTS, "large": renamed}
+    maps = stage_tensor_maps(CONFIG, lambda s: inputs[s.model], lambda s: outputs[s.model])
+    assert maps[1] == ({"INPUT0": "INPUT0", "MASK": "MASK"}, {"OUTPUT0": "OUTPUT__0", "LOGITS": "OUTPUT__1"})
+    inputs["large"] = [TensorSpec("INPUT0", "FP32", (32,)), INPUTS[1]]
     with pytest.raises(CascadeConfigError) as info:
-        common_inputs(CONFIG, lambda stage: inputs[stage.model])
-    assert str(info.value) == ("cascade.json: stages[1].model 'large' takes inputs INPUT0 FP32 [32], expected "
-                               "INPUT0 FP32 [64], MASK BOOL [-1] like stages[0]")
+        stage_tensor_maps(CONFIG, lambda s: inputs[s.model], lambda s: outputs[s.model])
+    assert str(info.value) == ("cascade.json: stages[1].model 'large' input 'INPUT0' is FP32 [32], expected "
+                               "FP32 [64] like the cascade's 'INPUT0'")
+
+
+def test_a_stage_missing_an_output_or_taking_another_input_is_refused() -> None:
+    inputs = {"small": INPUTS, "large": [*INPUTS, TensorSpec("EXTRA", "FP32", (1,))]}
+    outputs = {"small": OUTPUTS, "large": OUTPUTS[:1]}
+    with pytest.raises(CascadeConfigError, match="stages\\[1\\].model 'large' takes input 'EXTRA'"):
+        stage_tensor_maps(CONFIG, lambda s: inputs[s.model], lambda s: outputs[s.model])
+    inputs["large"] = INPUTS
+    with pytest.raises(CascadeConfigError, match="has no output 'LOGITS' for the cascade's output 'LOGITS'"):
+        stage_tensor_maps(CONFIG, lambda s: inputs[s.model], lambda s: outputs[s.model])
 
 
 @pytest.mark.parametrize(("name", "inputs", "n_classes", "message"), [
@@ -58,5 +72,5 @@ def test_common_inputs_are_those_every_stage_takes() -> None:
 ])
 def test_bad_pbtxt_arguments(name: str, inputs: list[TensorSpec], n_classes: int, message: str) -> None:
     with pytest.raises(CascadeConfigError) as info:
-        cascade_config_pbtxt(name, inputs, n_classes, 8)
+        cascade_config_pbtxt(name, inputs, OUTPUTS, n_classes, 8)
     assert str(info.value).startswith(message)
