@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from infergate.server import cascade_cli
 from infergate.server.access import AccessConfigError
 from infergate.server.addresses import ListenError
 from infergate.server.app import DEFAULT_MAX_MESSAGE_BYTES, InferenceServer, ServerOptions
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_http2_flags(serve)
     telemetry_cli.add_serve_flags(serve)
     telemetry_cli.add_commands(commands)
+    cascade_cli.add_commands(commands)
     example = commands.add_parser("example-repository", help="build the example repository and print its path")
     example.add_argument("dest", type=Path, nargs="?", default=None)
     from infergate.bench.cli import add_parser as add_bench_parser
@@ -152,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command in telemetry_cli.COMMANDS:
         return telemetry_cli.run_command(args)
+    if args.command in cascade_cli.COMMANDS:
+        return cascade_cli.run_command(args)
     return _serve(args)
 
 
