@@ -28,14 +28,20 @@ from infergate.models.runtime import TORCH_CPU_INSTALL
 if TYPE_CHECKING:
     import torch
 
+    from infergate.cascade.routing import Measure
+    from infergate.models.config import TensorSpec as ModelTensor
+
 logger = logging.getLogger(__name__)
 
-REPOSITORY_VERSION = "example-repository-v2"  # bump on any change to models, configs or data; names the folder
+REPOSITORY_VERSION = "example-repository-v3"  # bump on any change to models, configs or data; names the folder
 DATA_DIR_NAME = "example-data-v1"  # sibling of the repository: held-out split and accuracies, never served
 COMPLETE_MARKER = ".complete"  # written last into the repository root: version and torch state of the build
 HELDOUT_FILE = "digits_heldout.npz"  # X float32 [rows, 64] in [0, 1], y int64 [rows] digit labels
 ACCURACY_FILE = "accuracy.json"  # {model name: accuracy on the held-out rows, in [0, 1]}
-TORCH_MISSING_WARNING = f"digits_large skipped: PyTorch is not installed (its CPU build: {TORCH_CPU_INSTALL})"
+CASCADE_SPLIT_FILE = "digits_cascade_split.npz"  # tuning_rows, evaluation_rows: int64 row indices into HELDOUT_FILE
+CASCADE_EVAL_FILE = "digits_cascade_eval.json"  # digits_cascade's tune report: its figures on the evaluation rows
+TORCH_MISSING_WARNING = ("digits_large and digits_cascade skipped: PyTorch is not installed "
+                         f"(its CPU build: {TORCH_CPU_INSTALL})")
 
 FEATURES = 64  # 8x8 pixel intensities per digit image
 CLASSES = 10  # digits 0-9
@@ -59,9 +65,20 @@ ADAM_BETAS = (0.9, 0.999)  # decay rates of Adam's running gradient mean and mea
 ADAM_EPSILON = 1e-8  # keeps Adam's step finite where the mean square is ~0
 TORCH_SEED = 0  # seeds digits_large weight initialisation and shuffling
 ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)  # fixed .npz member time, so equal arrays give equal bytes
+CASCADE_EVAL_FRACTION = 0.5  # share of the held-out rows digits_cascade is evaluated on; it is tuned on the rest
+CASCADE_SPLIT_SEED = 0  # seed of that stratified split, as `infergate cascade tune --seed` defaults to
+CASCADE_MAX_ACCURACY_DROP = 0.005  # digits_cascade may lose this much accuracy against digits_large alone
+CASCADE_MEASURE: Measure = "max_prob"  # its confidence measure
+# Busy microseconds per row of a warm batch of 64, measured in-process by `infergate cascade tune` on a 2-core
+# x86-64 VM (CPU); fixed here, not timed at build time, so that equal builds give equal bytes.
+EXAMPLE_BUSY_US_PER_ROW = {"digits_small": 0.76, "digits_large": 6.8}
 
 # (tensor name, width): every example tensor is FP32 [batch, width].
 TensorSpec = tuple[str, int]
+SMALL_INPUTS: list[TensorSpec] = [("INPUT0", FEATURES)]
+SMALL_OUTPUTS: list[TensorSpec] = [("OUTPUT0", CLASSES), ("LOGITS", CLASSES)]  # probabilities, logits
+LARGE_INPUTS: list[TensorSpec] = [("INPUT__0", FEATURES)]  # TorchScript's names, as Triton's libtorch backend wants
+LARGE_OUTPUTS: list[TensorSpec] = [("OUTPUT__0", CLASSES), ("OUTPUT__1", CLASSES)]  # probabilities, logits
 FloatArray = npt.NDArray[np.float32]
 LabelArray = npt.NDArray[np.int64]
 
@@ -86,7 +103,7 @@ def default_cache_dir() -> Path:
 
 
 def default_repository_dir() -> Path:
-    """Returns where `infergate serve` keeps the example repository: <cache>/example-repository-v2."""
+    """Returns where `infergate serve` keeps the example repository: <cache>/example-repository-v3."""
     return default_cache_dir() / REPOSITORY_VERSION
 
 
@@ -157,13 +174,16 @@ def _publish(staged: Path, target: Path, trash: Path) -> None:
 def _build(repository: Path, data_dir: Path, has_torch: bool) -> None:
     """Writes the models under repository, the held-out split and accuracies under data_dir, then the marker."""
     split = _load_split()
-    accuracy = {"digits_small": _build_digits_small(repository / "digits_small", split)}
+    data_dir.mkdir(parents=True)
+    small_logits = _build_digits_small(repository / "digits_small", split)
+    accuracy = {"digits_small": _accuracy(small_logits, split.y_heldout)}
     _build_identity(repository / "identity")
     if has_torch:
-        accuracy["digits_large"] = _build_digits_large(repository / "digits_large", split)
+        large_logits = _build_digits_large(repository / "digits_large", split)
+        accuracy["digits_large"] = _accuracy(large_logits, split.y_heldout)
+        _build_digits_cascade(repository, data_dir, split.y_heldout, small_logits, large_logits)
     else:
         logger.warning(TORCH_MISSING_WARNING)
-    data_dir.mkdir(parents=True)
     _write_npz(data_dir / HELDOUT_FILE, {"X": split.x_heldout, "y": split.y_heldout})
     (data_dir / ACCURACY_FILE).write_text(json.dumps(accuracy, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     (repository / COMPLETE_MARKER).write_text(_marker_text(has_torch), encoding="utf-8")
@@ -182,19 +202,21 @@ def _load_split() -> DigitsSplit:
     return DigitsSplit(x_train, y_train, x_heldout, y_heldout)
 
 
-def _build_digits_small(model_dir: Path, split: DigitsSplit) -> float:
-    """Writes digits_small (logistic regression as ONNX Gemm + Softmax); returns its held-out accuracy."""
+def _accuracy(logits: FloatArray, labels: LabelArray) -> float:
+    return float(np.mean(np.argmax(logits, axis=1) == labels))
+
+
+def _build_digits_small(model_dir: Path, split: DigitsSplit) -> FloatArray:
+    """Writes digits_small (logistic regression as ONNX Gemm + Softmax); returns its held-out logits."""
     weights, bias = _train_logistic_regression(split)
     nodes = [
         helper.make_node("Gemm", ["INPUT0", "W", "B"], ["LOGITS"]),
         helper.make_node("Softmax", ["LOGITS"], ["OUTPUT0"], axis=1),
     ]
     initializers = [numpy_helper.from_array(weights, "W"), numpy_helper.from_array(bias, "B")]
-    outputs = [("OUTPUT0", CLASSES), ("LOGITS", CLASSES)]
-    _save_onnx(_batched_graph("digits_small", nodes, [("INPUT0", FEATURES)], outputs, initializers), model_dir)
-    _write_config(model_dir, "onnxruntime_onnx", [("INPUT0", FEATURES)], outputs)
-    logits = split.x_heldout @ weights + bias
-    return float(np.mean(np.argmax(logits, axis=1) == split.y_heldout))
+    _save_onnx(_batched_graph("digits_small", nodes, SMALL_INPUTS, SMALL_OUTPUTS, initializers), model_dir)
+    _write_config(model_dir, "onnxruntime_onnx", SMALL_INPUTS, SMALL_OUTPUTS)
+    return split.x_heldout @ weights + bias
 
 
 def _train_logistic_regression(split: DigitsSplit) -> tuple[FloatArray, FloatArray]:
@@ -269,8 +291,8 @@ def _write_npz(path: Path, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
                 np.lib.format.write_array(member, array, allow_pickle=False)
 
 
-def _build_digits_large(model_dir: Path, split: DigitsSplit) -> float:
-    """Writes digits_large (MLP 64-256-256-10 as TorchScript); returns its held-out accuracy."""
+def _build_digits_large(model_dir: Path, split: DigitsSplit) -> FloatArray:
+    """Writes digits_large (MLP 64-256-256-10 as TorchScript); returns its held-out logits."""
     import torch
 
     net = _train_mlp(split)
@@ -278,9 +300,60 @@ def _build_digits_large(model_dir: Path, split: DigitsSplit) -> float:
         logits = net(torch.from_numpy(split.x_heldout)).numpy()
     (model_dir / MODEL_VERSION).mkdir(parents=True)
     _save_torchscript(net, model_dir / MODEL_VERSION / "model.pt")
-    outputs = [("OUTPUT__0", CLASSES), ("OUTPUT__1", CLASSES)]
-    _write_config(model_dir, "pytorch_libtorch", [("INPUT__0", FEATURES)], outputs)
-    return float(np.mean(np.argmax(logits, axis=1) == split.y_heldout))
+    _write_config(model_dir, "pytorch_libtorch", LARGE_INPUTS, LARGE_OUTPUTS)
+    return np.asarray(logits, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class _StageTensors:
+    """What tensor matching needs of a stage model: its name and FP32 [batch, width] tensors."""
+
+    name: str
+    inputs: Sequence[ModelTensor]
+    outputs: Sequence[ModelTensor]
+
+    @classmethod
+    def of(cls, name: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> _StageTensors:
+        from infergate.models.config import TensorSpec as ModelTensor
+
+        return cls(name, *([ModelTensor(n, "FP32", (width,)) for n, width in specs] for specs in (inputs, outputs)))
+
+
+def _build_digits_cascade(repository: Path, data_dir: Path, labels: LabelArray, small_logits: FloatArray,
+                          large_logits: FloatArray) -> None:
+    """Writes digits_cascade (digits_small, then digits_large) and both stages' calibration.json, fitted and tuned
+    as `infergate cascade tune` does on one half of the held-out rows; its figures on the other half go to data_dir.
+    """
+    from infergate.cascade.calibrate_command import StageScores, write_stage_calibration
+    from infergate.cascade.offline import StageCost
+    from infergate.cascade.splits import stratified_split
+    from infergate.cascade.tune_command import tensor_maps, write_cascade
+    from infergate.cascade.tuned import TuneStage, tune_cascade
+    from infergate.server.telemetry.cost import DEFAULT_CPU_CORE_PRICE_USD_PER_HOUR as CORE_USD_PER_HOUR
+
+    tuning_rows, evaluation_rows = stratified_split(labels, [1.0 - CASCADE_EVAL_FRACTION, CASCADE_EVAL_FRACTION],
+                                                    CASCADE_SPLIT_SEED)
+    stages = []
+    for name, output, logits in (("digits_small", "LOGITS", small_logits), ("digits_large", "OUTPUT__1", large_logits)):
+        busy_us = EXAMPLE_BUSY_US_PER_ROW[name]
+        cost = StageCost(busy_us * 1e-6 * CORE_USD_PER_HOUR / 3600.0,
+                         f"fixed for the example repository: {busy_us:g} us busy per row (measured in-process on a "
+                         f"2-core x86-64 VM) x {CORE_USD_PER_HOUR:g} USD/h (one CPU core's default price)")
+        scores = StageScores(name, MODEL_VERSION, output, "logits", logits[tuning_rows].astype(np.float64))
+        stages.append(TuneStage(scores, logits[evaluation_rows].astype(np.float64), cost, None))
+    tuned = tune_cascade("digits_cascade", stages, labels[tuning_rows], labels[evaluation_rows],
+                         CASCADE_MAX_ACCURACY_DROP, CASCADE_MEASURE)
+    if tuned.refusal:  # the build is deterministic: this would be a change to the models, not bad luck
+        raise RuntimeError(f"digits_cascade: {tuned.refusal}")
+    for stage, calibration in zip(stages, tuned.calibrations):
+        write_stage_calibration(repository / stage.tuning.model, stage.tuning, calibration)
+    tensors = [_StageTensors.of("digits_small", SMALL_INPUTS, SMALL_OUTPUTS),
+               _StageTensors.of("digits_large", LARGE_INPUTS, LARGE_OUTPUTS)]
+    write_cascade(repository / "digits_cascade", tuned, tensor_maps(tensors, CASCADE_MEASURE), CASCADE_MEASURE,
+                  tensors[0], MAX_BATCH_SIZE)
+    _write_npz(data_dir / CASCADE_SPLIT_FILE, {"tuning_rows": tuning_rows.astype(np.int64),
+                                               "evaluation_rows": evaluation_rows.astype(np.int64)})
+    (data_dir / CASCADE_EVAL_FILE).write_text(json.dumps(tuned.report, indent=2) + "\n", encoding="utf-8")
 
 
 @contextmanager

@@ -14,7 +14,11 @@ import onnxruntime as ort
 import pytest
 from google.protobuf import text_format
 
+from infergate.cascade.calibration import calibrated_probabilities, fit_temperature, read_calibration
+from infergate.cascade.config import read_cascade_config
+from infergate.cascade.routing import plan_cascade
 from infergate.models import examples
+from infergate.models.config import build_spec, read_config
 from infergate.proto import model_config_pb2
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -39,7 +43,21 @@ def expected_files(has_torch: bool) -> set[str]:
         "identity/config.pbtxt",
         "identity/1/model.onnx",
     }
-    return files | ({"digits_large/config.pbtxt", "digits_large/1/model.pt"} if has_torch else set())
+    with_torch = {
+        "digits_large/config.pbtxt",
+        "digits_large/1/model.pt",
+        "digits_small/calibration.json",
+        "digits_large/calibration.json",
+        "digits_cascade/config.pbtxt",
+        "digits_cascade/cascade.json",
+    }
+    return files | (with_torch if has_torch else set())
+
+
+def expected_data_files(has_torch: bool) -> set[str]:
+    """Returns the data folder's files for a build with or without torch (the cascade needs digits_large)."""
+    files = {"digits_heldout.npz", "accuracy.json"}
+    return files | ({"digits_cascade_split.npz", "digits_cascade_eval.json"} if has_torch else set())
 
 
 def file_bytes(root: Path) -> dict[str, bytes]:
@@ -97,8 +115,8 @@ def test_layout_is_triton_and_the_data_sits_beside_it(repository: Path) -> None:
     assert {p.name for p in repository.parent.iterdir()} == {examples.REPOSITORY_VERSION, examples.DATA_DIR_NAME}
     data_dir = examples.example_data_dir(repository)
     assert data_dir == repository.parent / "example-data-v1"
-    assert {p.name for p in data_dir.iterdir()} == {"digits_heldout.npz", "accuracy.json"}
-    assert (repository / ".complete").read_text().startswith("example-repository-v2")
+    assert {p.name for p in data_dir.iterdir()} == expected_data_files(HAS_TORCH)
+    assert (repository / ".complete").read_text().startswith("example-repository-v3")
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_MODELS))
@@ -172,6 +190,75 @@ def test_accuracy_file_matches_the_models(repository: Path, heldout: tuple[np.nd
         assert recorded["digits_large"] > recorded["digits_small"]
 
 
+@pytest.fixture(scope="module")
+def cascade_split(repository: Path) -> tuple[np.ndarray, np.ndarray]:
+    pytest.importorskip("torch")
+    with np.load(examples.example_data_dir(repository) / "digits_cascade_split.npz") as data:
+        return data["tuning_rows"], data["evaluation_rows"]
+
+
+def test_digits_cascade_is_a_cascade_of_small_then_large(repository: Path) -> None:
+    pytest.importorskip("torch")
+    model_dir = repository / "digits_cascade"
+    spec = build_spec(read_config(model_dir), model_dir)
+    assert (spec.platform, spec.max_batch_size, spec.parameters) == ("infergate_cascade", 64,
+                                                                      {"cascade_config": "cascade.json"})
+    assert [(t.name, t.dims) for t in spec.inputs] == [("INPUT0", (64,))]
+    assert [t.name for t in spec.outputs] == ["OUTPUT0", "LOGITS", "CASCADE_PROBABILITIES", "CASCADE_STAGE",
+                                              "CASCADE_CONFIDENCE"]
+    config = read_cascade_config(model_dir / "cascade.json")
+    small, large = config.stages
+    assert config.measure == "max_prob"
+    assert (small.model, small.version, small.output, small.output_kind) == ("digits_small", 1, "LOGITS", "logits")
+    assert (large.model, large.version, large.output, large.output_kind) == ("digits_large", 1, "OUTPUT__1", "logits")
+    assert small.threshold is not None and 0.1 < small.threshold < 1.0
+    assert (large.inputs, large.outputs) == ((("INPUT0", "INPUT__0"),),
+                                             (("LOGITS", "OUTPUT__1"), ("OUTPUT0", "OUTPUT__0")))
+    for stage in config.stages:  # the stages' calibration.json hold the temperatures cascade.json routes with
+        calibration = read_calibration(repository / stage.model / "calibration.json")
+        assert calibration.temperature == stage.temperature
+        assert json.loads((repository / stage.model / "calibration.json").read_text())["output"] == stage.output
+
+
+def test_digits_cascade_is_tuned_on_half_the_heldout_rows_and_evaluated_on_the_other(
+    heldout: tuple[np.ndarray, np.ndarray], cascade_split: tuple[np.ndarray, np.ndarray]
+) -> None:
+    _, y = heldout
+    tuning_rows, evaluation_rows = cascade_split
+    assert not set(tuning_rows) & set(evaluation_rows)
+    assert sorted([*tuning_rows, *evaluation_rows]) == list(range(HELDOUT_ROWS))
+    assert abs(len(tuning_rows) - len(evaluation_rows)) <= 10  # a half of each class, rounded
+    assert set(y[tuning_rows]) == set(y[evaluation_rows]) == set(range(10))
+
+
+def test_digits_cascade_figures_are_what_its_models_do_on_the_evaluation_rows(
+    repository: Path, heldout: tuple[np.ndarray, np.ndarray], cascade_split: tuple[np.ndarray, np.ndarray]
+) -> None:
+    x, y = heldout
+    tuning_rows, rows = cascade_split
+    config = read_cascade_config(repository / "digits_cascade" / "cascade.json")
+    logits = [run_onnx(repository / "digits_small" / "1" / "model.onnx", x)["LOGITS"],
+              run_torchscript(repository / "digits_large" / "1" / "model.pt", x)[1]]
+    for scores, stage in zip(logits, config.stages):  # T was fitted on the tuning rows only
+        fitted = fit_temperature(scores[tuning_rows], y[tuning_rows], "logits").temperature
+        assert fitted == pytest.approx(stage.temperature, rel=1e-4)
+    probabilities = [calibrated_probabilities(scores[rows], "logits", stage.temperature)
+                     for scores, stage in zip(logits, config.stages)]
+    plan = plan_cascade(probabilities, config.thresholds, config.measure)
+    report = json.loads((examples.example_data_dir(repository) / "digits_cascade_eval.json").read_text())
+    figures = report["evaluation"]
+    one_row = 1.5 / len(rows)
+    assert (report["tuning_rows"], report["evaluation_rows"]) == (len(tuning_rows), len(rows))
+    assert figures["cascade"]["accuracy"] == pytest.approx(float(np.mean(plan.predictions == y[rows])), abs=one_row)
+    assert figures["cascade"]["answered_fraction"] == pytest.approx(plan.answered_fraction(2), abs=one_row)
+    assert figures["reference_accuracy"] == pytest.approx(accuracy(logits[1][rows], y[rows]), abs=one_row)
+    assert figures["cascade"]["answered_fraction"][0] > 0.8  # the small model answers most rows
+    assert figures["cascade"]["saving_fraction"] > 0.5
+    assert figures["accuracy_drop"] <= 0.005 + 2 * one_row  # tuned within 0.005 on the other half
+    small = figures["stages"][0]
+    assert small["ece_after"] < small["ece_before"]  # digits_small is overconfident at T = 1
+
+
 def test_second_build_into_the_same_dest_is_a_no_op(repository: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     before = {p: p.stat().st_mtime_ns for p in repository.parent.rglob("*")}
 
@@ -208,7 +295,7 @@ def test_without_torch_digits_large_is_skipped_with_one_warning(
     with caplog.at_level(logging.WARNING, logger=examples.__name__):
         repository = examples.build_example_repository(tmp_path / "repo")
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
-        "digits_large skipped: PyTorch is not installed (its CPU build: "
+        "digits_large and digits_cascade skipped: PyTorch is not installed (its CPU build: "
         "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu)"
     ]
     assert set(file_bytes(repository)) == expected_files(has_torch=False)
@@ -279,4 +366,4 @@ def test_default_cache_dir_follows_the_environment(
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     assert examples.default_cache_dir() == Path(expected)
-    assert examples.default_repository_dir() == Path(expected) / "example-repository-v2"
+    assert examples.default_repository_dir() == Path(expected) / "example-repository-v3"
