@@ -111,7 +111,12 @@ class DynamicBatcher:
 
     def submit(self, inputs: Tensors, rows: int, priority: int = 0, timeout_us: int = 0,
                deadline_ns: int = 0) -> asyncio.Future[Tensors]:
-        """Queues a validated request; returns a future of its outputs (rows first).
+        """Queues a validated request; returns a future of its outputs (rows first)."""
+        return self.enqueue(inputs, rows, priority, timeout_us, deadline_ns).future
+
+    def enqueue(self, inputs: Tensors, rows: int, priority: int = 0, timeout_us: int = 0,
+                deadline_ns: int = 0) -> QueuedRequest:
+        """Queues a validated request; its future resolves to its outputs, its timings fill in as it runs.
 
         Raises QueueFull when its priority level's queue is at max_queue_size, and
         ModelUnavailable when the batcher is stopping.
@@ -150,7 +155,7 @@ class DynamicBatcher:
             # Coalesce: every request that arrives in this loop iteration joins one decision.
             self._is_schedule_pending = True
             loop.call_soon(self._schedule)
-        return request.future
+        return request
 
     def _startable_requests(self, level: int) -> int:
         """At most how many queued requests of this level the next decision starts at once (not waiting).

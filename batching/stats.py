@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from infergate.batching.batcher import QueuedRequest, Stats, Tensors, Timings
+from infergate.batching.batcher import QueuedRequest, Stats, Tensors
 
 # Raw telemetry samples are folded into sketches (server/telemetry/) once this many wait, or
 # FOLD_INTERVAL_NS after the last fold, whichever comes first: the hot path only appends.
@@ -67,8 +66,6 @@ class ModelStats(Stats):
     busy_ns: int = 0  # compute + transform time of every batch, summed: what cost is charged on
     in_flight: int = 0  # requests received and not yet answered
     failures: dict[str, int] = field(default_factory=dict)  # failed requests by gRPC status code name
-    # Requests being traced: future -> their timings, filled in by batch_done before they resume.
-    traced: dict[asyncio.Future[Tensors], Timings | None] = field(default_factory=dict)
     drift_every: int = 0  # sample every Nth batch's inputs for the drift monitor; 0 = off
     drift_pending: deque[list[Tensors]] = field(default_factory=lambda: deque(maxlen=DRIFT_PENDING_BATCHES))
     _batch_seq: int = 0
@@ -109,19 +106,40 @@ class ModelStats(Stats):
             return
         self.batch_log.append((rows, len(requests), infer_ns, busy_ns))
         self.last_done_ns = t.done_ns
-        if self.traced:
-            for request in requests:
-                if request.future in self.traced:
-                    self.traced[request.future] = request.timings
         is_drift_full = False
         if self.drift_every:
             self._batch_seq += 1
             if self._batch_seq % self.drift_every == 0:
                 self.drift_pending.append([request.inputs for request in requests])
                 is_drift_full = len(self.drift_pending) == DRIFT_PENDING_BATCHES
-        if len(self.queue_ns) >= FOLD_AT_SAMPLES or t.done_ns >= self.fold_due_ns or is_drift_full:
-            self.fold_due_ns = t.done_ns + FOLD_INTERVAL_NS
-            sink()
+        self._maybe_fold(t.done_ns, is_drift_full)
+
+    def _maybe_fold(self, now_ns: int, is_due: bool = False) -> None:
+        if self.sink is not None and (len(self.queue_ns) >= FOLD_AT_SAMPLES or now_ns >= self.fold_due_ns or is_due):
+            self.fold_due_ns = now_ns + FOLD_INTERVAL_NS
+            self.sink()
+
+    def part_done(self, rows: int, queue_ns: int, compute_ns: int, busy_ns: int, done_ns: int,
+                  e2e_ns: int | None = None) -> None:
+        """Work done for a request outside this model's own batcher: a cascade records each request here, and
+        each stage's share of it in a record of its own (with `e2e_ns`, the stage's latency for it). `busy_ns`
+        is the device time this work is charged, e.g. its rows' share of a stage's batch."""
+        self.inference_count += rows
+        self.execution_count += 1
+        self.last_inference_ms = time.time_ns() // 1_000_000
+        self.queue.add(queue_ns)
+        self.compute_infer.add(compute_ns)
+        self.busy_ns += busy_ns
+        if e2e_ns is not None:
+            self.success.add(e2e_ns)
+        if self.sink is None:
+            return
+        if e2e_ns is not None:
+            self.e2e_ns.append(e2e_ns)
+        self.queue_ns.append(queue_ns)
+        self.batch_log.append((rows, 1, compute_ns, busy_ns))
+        self.last_done_ns = done_ns
+        self._maybe_fold(done_ns)
 
     def request_succeeded(self, duration_ns: int) -> None:
         self.success.add(duration_ns)

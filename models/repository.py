@@ -68,12 +68,12 @@ def resolve_signature(spec: ModelSpec, runtime: Runtime) -> None:
     inputs, outputs = runtime.signature()
     if not spec.inputs:
         spec.inputs = inputs
-        spec.config.input.extend(_config_tensor(mc.ModelInput(), t) for t in inputs)
+        spec.config.input.extend(config_tensor(mc.ModelInput(), t) for t in inputs)
     else:
         check_signature(spec, "input", spec.inputs, inputs)
     if not spec.outputs:
         spec.outputs = outputs
-        spec.config.output.extend(_config_tensor(mc.ModelOutput(), t) for t in outputs)
+        spec.config.output.extend(config_tensor(mc.ModelOutput(), t) for t in outputs)
     else:
         check_signature(spec, "output", spec.outputs, outputs)
 
@@ -81,7 +81,7 @@ def resolve_signature(spec: ModelSpec, runtime: Runtime) -> None:
 _Tensor = TypeVar("_Tensor", mc.ModelInput, mc.ModelOutput)
 
 
-def _config_tensor(message: _Tensor, tensor: TensorSpec) -> _Tensor:
+def config_tensor(message: _Tensor, tensor: TensorSpec) -> _Tensor:
     message.name = tensor.name
     message.data_type = mc.DataType.Value(  # type: ignore[assignment]
         "TYPE_STRING" if tensor.datatype == "BYTES" else f"TYPE_{tensor.datatype}")
@@ -167,7 +167,7 @@ def _show_client_inputs(spec: ModelSpec, features: FeatureStage) -> None:
     the raw inputs of the feature transforms in place of the model inputs they feed."""
     spec.inputs = list(features.client_inputs)
     del spec.config.input[:]
-    spec.config.input.extend(_config_tensor(mc.ModelInput(), t) for t in spec.inputs)
+    spec.config.input.extend(config_tensor(mc.ModelInput(), t) for t in spec.inputs)
 
 
 def _reshaped(spec: ModelSpec, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -308,11 +308,18 @@ def _requested_outputs(request: pb.ModelInferRequest, io: ModelIO, regions: Shar
 
 def encode_response(spec: ModelSpec, version: str, request_id: str, outputs: Mapping[str, np.ndarray],
                     names: Sequence[str], output_regions: Mapping[str, tuple[str, int, int]] | None = None,
-                    regions: SharedMemoryRegions | None = None) -> pb.ModelInferResponse:
+                    regions: SharedMemoryRegions | None = None,
+                    parameters: Mapping[str, str | int] | None = None) -> pb.ModelInferResponse:
     """Builds the response: one output tensor per name, data in raw_output_contents, or written
     into the client's shared-memory region (its raw_output_contents entry then stays empty, so
-    the entries still line up with the outputs)."""
+    the entries still line up with the outputs); `parameters` become response parameters."""
     response = pb.ModelInferResponse(model_name=spec.name, model_version=version, id=request_id)
+    if parameters:
+        for key, param in parameters.items():
+            if isinstance(param, str):
+                response.parameters[key].string_param = param
+            else:
+                response.parameters[key].int64_param = param
     batched = spec.max_batch_size > 0
     for name in names:
         value = outputs[name]

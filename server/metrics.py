@@ -14,9 +14,10 @@ from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFam
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
-from infergate.server.registry import ModelRegistry
+from infergate.server.registry import ModelRegistry, ServedModel
 from infergate.server.telemetry import histograms
-from infergate.server.telemetry.aggregate import METRICS
+from infergate.server.telemetry.aggregate import METRICS, ModelTelemetry
+from infergate.server.telemetry.cascade_view import saving_ratio
 from infergate.server.telemetry.cost import cost_per_inference_usd, cost_usd
 from infergate.server.telemetry.hub import Telemetry
 
@@ -74,7 +75,8 @@ class RegistryCollector(Collector):
             for phase in ("queue", "compute_input", "transform", "compute_infer", "compute_output", "success"):
                 seconds.add_metric(key + [phase if phase != "success" else "request"], getattr(stats, phase).ns / 1e9)
             busy.add_metric(key, stats.busy_ns / 1e9)
-            queued.add_metric(key, served.batcher.queued)
+            if isinstance(served, ServedModel):  # a cascade has no queue of its own: its stages' are theirs
+                queued.add_metric(key, served.queued)
             in_flight.add_metric(key, stats.in_flight)
             ready.add_metric(key, 1)
         for entry in self.registry.entries():
@@ -96,6 +98,12 @@ class RegistryCollector(Collector):
         drift = GaugeMetricFamily("infergate_drift_psi", "Population stability index of an input feature over "
                                   "the last 5 minutes against the model's drift profile",
                                   labels=LABELS + ["input", "feature"])
+        saving = GaugeMetricFamily("infergate_cascade_saving_ratio", "1 - a cascade's cost per inference / its "
+                                   "last stage's cost per row, since start", labels=LABELS)
+        stage_rows = CounterMetricFamily("infergate_cascade_stage_rows", "Rows of a cascade's requests that "
+                                         "reached each stage (the next stage's count is this one's escalations)",
+                                         labels=LABELS)
+        costs = _cascade_costs(models)
         for telemetry in models:
             exported = telemetry.export()
             labels = telemetry.labels
@@ -110,12 +118,22 @@ class RegistryCollector(Collector):
                              float(exported.batch_sum_rows))
             usd_per_hour, stats = telemetry.price.usd_per_hour, telemetry.stats
             price.add_metric(key + [labels.device], usd_per_hour)
-            cost.add_metric(key, cost_usd(usd_per_hour, stats.busy_ns))
+            spent_usd = cost_usd(usd_per_hour, stats.busy_ns)
             per_inference = cost_per_inference_usd(usd_per_hour, stats.busy_ns, stats.inference_count)
+            if labels.stage:
+                stage_rows.add_metric(key, stats.inference_count)
+            cascade = costs.get((labels.model, labels.version)) if not labels.stage else None
+            if cascade is not None:
+                spent_usd, last_per_row_usd = cascade
+                per_inference = spent_usd / stats.inference_count if stats.inference_count else None
+                ratio = saving_ratio(per_inference, last_per_row_usd)
+                if ratio is not None:
+                    saving.add_metric(key, ratio)
+            cost.add_metric(key, spent_usd)
             if per_inference is not None:
                 per_1k.add_metric(key, per_inference * 1000)
         yield from latency.values()
-        yield from (batch, price, cost, per_1k, drift)
+        yield from (batch, price, cost, per_1k, drift, saving, stage_rows)
         yield from self._gpus()
 
     def _gpus(self) -> Iterator[MetricFamily]:
@@ -128,6 +146,19 @@ class RegistryCollector(Collector):
             utilization.add_metric([str(reading.index), reading.name], reading.utilization_ratio)
             power.add_metric([str(reading.index), reading.name], reading.power_watts)
         yield from (utilization, power)
+
+
+def _cascade_costs(models: list[ModelTelemetry]) -> dict[tuple[str, str], tuple[float, float | None]]:
+    """Per cascade (model, version): what its stages cost since start, and its last stage's cost per row."""
+    costs: dict[tuple[str, str], tuple[float, float | None]] = {}
+    for telemetry in models:
+        labels, stats = telemetry.labels, telemetry.stats
+        if labels.stage:
+            spent, _ = costs.get((labels.model, labels.version), (0.0, None))
+            last = cost_per_inference_usd(telemetry.price.usd_per_hour, stats.busy_ns, stats.inference_count)
+            costs[labels.model, labels.version] = (spent + cost_usd(telemetry.price.usd_per_hour, stats.busy_ns),
+                                                   last)  # rows come in stage order: the last one stays
+    return costs
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -7,13 +7,19 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
 
 from infergate.batching.batcher import DynamicBatcher
 from infergate.batching.limits import limits_from_config
 from infergate.batching.stats import ModelStats
-from infergate.models.errors import InferError, ModelNotFound, ModelUnavailable
+from infergate.models.config import CASCADE_PLATFORM, ModelSpec, read_config
+from infergate.models.errors import InferError, ModelNotFound, ModelUnavailable, NotAllowed
 from infergate.models.repository import LoadedVersion, list_models, load_model
-from infergate.server.codec import ModelIO
+from infergate.server.codec import DecodedRequest, ModelIO
+from infergate.server.dataplane import InferResult, InferTarget
+
+if TYPE_CHECKING:
+    from infergate.cascade.serving import CascadeModel
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +50,28 @@ class ServedModel:
     def version(self) -> str:
         return self.loaded.version
 
+    @property
+    def spec(self) -> ModelSpec:
+        return self.loaded.spec
+
+    @property
+    def queued(self) -> int:
+        return self.batcher.queued
+
+    async def infer(self, request: DecodedRequest, deadline_ns: int) -> InferResult:
+        queued = self.batcher.enqueue(request.inputs, request.rows, request.priority, request.timeout_us,
+                                      deadline_ns)
+        return InferResult(await queued.future, queued.timings)
+
+    async def retire(self, drain_timeout_s: float = 30.0) -> None:
+        await self.batcher.stop(drain_timeout_s)
+        self.executor.shutdown(wait=False)
+        self.loaded.runtime.unload()
+
+
+if TYPE_CHECKING:
+    Served: TypeAlias = ServedModel | CascadeModel  # a ready version: a model with its batcher, or a cascade
+
 
 @dataclass(slots=True)
 class ModelEntry:
@@ -52,8 +80,8 @@ class ModelEntry:
     name: str
     state: str = UNAVAILABLE
     reason: str = ""
-    versions: dict[str, ServedModel] = field(default_factory=dict)  # ready versions
-    latest: ServedModel | None = None  # highest ready version: the target of version ""
+    versions: dict[str, Served] = field(default_factory=dict)  # ready versions
+    latest: Served | None = None  # highest ready version: the target of version ""
 
 
 class ModelRegistry:
@@ -64,7 +92,7 @@ class ModelRegistry:
         self._entries: dict[str, ModelEntry] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
-    def get(self, name: str, version: str = "") -> ServedModel:
+    def get(self, name: str, version: str = "") -> Served:
         """The served model for (name, version); "" means the latest ready version."""
         entry = self._entries.get(name)
         if entry is None:
@@ -97,7 +125,7 @@ class ModelRegistry:
     def entries(self) -> list[ModelEntry]:
         return [self._entries[name] for name in sorted(self._entries)]
 
-    def all_served(self) -> list[ServedModel]:
+    def all_served(self) -> list[Served]:
         return [s for e in self.entries() for s in e.versions.values()]
 
     def discover(self) -> list[str]:
@@ -107,49 +135,94 @@ class ModelRegistry:
             self._entries.setdefault(name, ModelEntry(name, reason="not loaded"))
         return names
 
+    def users_of(self, name: str) -> list[str]:
+        """The loaded cascades that have `name` as a stage."""
+        return sorted(entry.name for entry in self._entries.values()
+                      if any(name in served.stage_models for served in entry.versions.values()
+                             if not isinstance(served, ServedModel)))
+
+    def _refuse_if_in_use(self, name: str, action: str) -> None:
+        users = self.users_of(name)
+        if users:
+            raise NotAllowed(f"model '{name}' cannot be {action}ed: it is a stage of cascade(s) {users}, which "
+                             "are loaded; unload them first")
+
+    def is_cascade(self, name: str) -> bool:
+        """Whether the repository's config of `name` says platform infergate_cascade (False when unreadable)."""
+        try:
+            return read_config(self.repository / name).platform == CASCADE_PLATFORM
+        except InferError:
+            return False
+
     async def load(self, name: str) -> None:
-        """Loads (or reloads) a model; on failure it is UNAVAILABLE with the reason, and raises."""
+        """Loads (or reloads) a model; on failure it is UNAVAILABLE with the reason, and raises.
+
+        A cascade loads its stages first when they are not loaded (as Triton loads an ensemble's models);
+        a model that a loaded cascade uses as a stage is not reloaded under it."""
+        self._refuse_if_in_use(name, "load")
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             entry = self._entries.setdefault(name, ModelEntry(name))
             previous = list(entry.versions.values())
             entry.state, entry.reason = LOADING, ""
             try:
-                loaded = await asyncio.to_thread(load_model, self.repository, name)
+                if self.is_cascade(name):
+                    from infergate.cascade.serving import load_cascade
+
+                    served: list[Served] = [await load_cascade(self.repository, name, self._stage_target)]
+                else:
+                    loaded = await asyncio.to_thread(load_model, self.repository, name)
+                    served = [_serve(v) for v in loaded]
             except Exception as exc:
                 entry.state = UNAVAILABLE if not previous else READY
                 entry.reason = exc.message if isinstance(exc, InferError) else f"{type(exc).__name__}: {exc}"
                 logger.error("model '%s' failed to load: %s", name, entry.reason)
                 raise
-            entry.versions = {v.version: _serve(v) for v in loaded}
+            entry.versions = {v.version: v for v in served}
             entry.latest = max(entry.versions.values(), key=lambda s: int(s.version))
             entry.state, entry.reason = READY, ""
-            for served in previous:
-                await _retire(served)
+            for old in previous:
+                await old.retire()
+
+    async def _stage_target(self, cascade: str, name: str, version: int | None) -> InferTarget:
+        """A cascade's stage, loaded first if it is in the repository and not loaded."""
+        if not self.is_ready(name) and name in self.discover():
+            logger.info("cascade '%s': loading its stage '%s'", cascade, name)
+            try:
+                await self.load(name)
+            except InferError as exc:
+                raise ModelUnavailable(name, "", f"stage of cascade '{cascade}' failed to load: {exc.message}") \
+                    from None
+        return self.get(name, "" if version is None else str(version))
 
     async def unload(self, name: str, drain_timeout_s: float = 30.0) -> None:
         """Unloads every version of a model after its queued requests finish."""
         entry = self._entries.get(name)
         if entry is None:
             raise ModelNotFound(name)
+        self._refuse_if_in_use(name, "unload")
         async with self._locks.setdefault(name, asyncio.Lock()):
             served = list(entry.versions.values())
             entry.state, entry.versions, entry.latest = UNLOADING, {}, None
             for model in served:
-                await _retire(model, drain_timeout_s)
+                await model.retire(drain_timeout_s)
             entry.state, entry.reason = UNAVAILABLE, "unloaded"
 
     async def load_all(self, names: list[str] | None = None) -> None:
-        """Loads the given models (default: all in the repository); failures are logged, not raised."""
+        """Loads the given models (default: all in the repository), cascades after plain models; failures
+        are logged, not raised."""
         names = self.discover() if names is None else names
-        for name in names:
+        for name in sorted(names, key=self.is_cascade):  # stable: plain models first, each group in name order
+            if self.is_ready(name):
+                continue  # a stage some cascade already loaded
             try:
                 await self.load(name)
             except Exception:
                 pass  # already logged and recorded as the model's reason
 
     async def stop(self, drain_timeout_s: float) -> None:
-        await asyncio.gather(*(_retire(s, drain_timeout_s) for s in self.all_served()))
+        # A cascade holds no batcher: its requests finish, or fail UNAVAILABLE, in its stages' drains.
+        await asyncio.gather(*(s.retire(drain_timeout_s) for s in self.all_served()))
 
 
 def _serve(loaded: LoadedVersion) -> ServedModel:
@@ -182,8 +255,3 @@ def _is_inline(loaded: LoadedVersion) -> bool:
                 loaded.version, loaded.warm_batch_s * 1e6, "on the event loop" if is_inline else "in a worker thread")
     return is_inline
 
-
-async def _retire(served: ServedModel, drain_timeout_s: float = 30.0) -> None:
-    await served.batcher.stop(drain_timeout_s)
-    served.executor.shutdown(wait=False)
-    served.loaded.runtime.unload()

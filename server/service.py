@@ -15,10 +15,11 @@ from infergate.batching.stats import Duration, ModelStats
 from infergate.models.errors import ModelNotFound, NotAllowed, Unsupported
 from infergate.proto import grpc_service_pb2 as pb
 from infergate.server.codec import decode_request, encode_response
+from infergate.server.dataplane import InferResult, InferTarget
 from infergate.server.errors import code_of, invalid_message, status_of
 from infergate.server.loop import in_request_order
 from infergate.server.protocol import SERVICE, SERVICE_NAME
-from infergate.server.registry import READY, ModelRegistry, ServedModel
+from infergate.server.registry import READY, ModelRegistry
 from infergate.server.shared_memory import SharedMemoryRegions
 from infergate.server.telemetry.hub import Telemetry
 
@@ -82,7 +83,7 @@ class InferenceService:
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
         served = self.registry.get(request.name, request.version)
-        spec = served.loaded.spec
+        spec = served.spec
         entry = self.registry.entry(spec.name)
         response = pb.ModelMetadataResponse(name=spec.name, versions=sorted(entry.versions, key=int),
                                             platform=spec.platform)
@@ -95,57 +96,53 @@ class InferenceService:
         served = self.registry.get(request.name, request.version)
         response = pb.ModelConfigResponse()
         # Stubs of both protos live in one pool, so the config copies across directly.
-        response.config.CopyFrom(served.loaded.spec.config)
+        response.config.CopyFrom(served.spec.config)
         return response
 
     # -- inference --------------------------------------------------------------------
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        """Decode, await the target (a model's batcher, or a cascade's stages), encode."""
         received_ns = time.monotonic_ns()
-        served = self.registry.get(request.model_name, request.model_version)
-        stats = served.stats
+        target = self.registry.get(request.model_name, request.model_version)
+        stats = target.stats
         # Tracing decides before any work whether this request is traced (cheap when it is not).
         trace_parent = self.tracer.sample(context.invocation_metadata()) if self.tracer is not None else None
-        future = None
+        result: InferResult | None = None
         stats.in_flight += 1
         try:
-            decoded = decode_request(request, served.io, self.regions)
+            decoded = decode_request(request, target.io, self.regions)
             remaining_s = context.time_remaining()
             deadline_ns = received_ns + int(remaining_s * 1e9) if remaining_s is not None else 0
-            future = served.batcher.submit(decoded.inputs, decoded.rows, decoded.priority,
-                                           decoded.timeout_us, deadline_ns)
-            if trace_parent is not None:
-                stats.traced[future] = None  # batch_done fills in the timings
-            outputs = await future
-            response = encode_response(served.loaded.spec, served.version, request.id, outputs,
-                                       decoded.output_names, decoded.output_regions, self.regions)
+            result = await target.infer(decoded, deadline_ns)
+            response = encode_response(target.spec, target.version, request.id, result.outputs,
+                                       decoded.output_names, decoded.output_regions, self.regions, result.parameters)
         except BaseException as exc:
             failed_ns = time.monotonic_ns()
             stats.in_flight -= 1
             code = code_of(exc).name
             stats.request_failed(failed_ns - received_ns, code)
             if trace_parent is not None:
-                self._trace(trace_parent, served, request, received_ns, failed_ns, future, code)
+                self._trace(trace_parent, target, request, received_ns, failed_ns, result, code)
             raise
         sent_ns = time.monotonic_ns()
         stats.in_flight -= 1
         stats.request_succeeded(sent_ns - received_ns)
         if trace_parent is not None:
-            self._trace(trace_parent, served, request, received_ns, sent_ns, future, "OK")
+            self._trace(trace_parent, target, request, received_ns, sent_ns, result, "OK")
         return response
 
-    def _trace(self, parent: Any, served: ServedModel, request: pb.ModelInferRequest, received_ns: int,
-               sent_ns: int, future: Any, code: str) -> None:
+    def _trace(self, parent: Any, target: InferTarget, request: pb.ModelInferRequest, received_ns: int,
+               sent_ns: int, result: InferResult | None, code: str) -> None:
         assert self.tracer is not None
-        timings = served.stats.traced.pop(future, None) if future is not None else None
-        attributes: dict[str, str | int] = {"infergate.model": served.name, "infergate.version": served.version,
-                                            "infergate.stage": ""}
+        attributes: dict[str, str | int] = {"infergate.model": target.name, "infergate.version": target.version,
+                                            "infergate.stage": result.stage if result is not None else ""}
         if request.id:
             attributes["infergate.request_id"] = request.id
         try:
-            self.tracer.emit(parent, attributes, received_ns, sent_ns, timings, code)
+            self.tracer.emit(parent, attributes, received_ns, sent_ns, result.timings if result else None, code)
         except Exception:
-            logger.exception("could not record the trace of a request to model '%s'", served.name)
+            logger.exception("could not record the trace of a request to model '%s'", target.name)
 
     async def ModelStreamInfer(self, requests: AsyncIterator[pb.ModelInferRequest],
                                context: Any) -> AsyncIterator[pb.ModelStreamInferResponse]:
@@ -249,7 +246,7 @@ def is_server_ready(is_started: bool, is_strict: bool, expected_models: Iterable
     return is_started and (not is_strict or all(is_model_ready(name) for name in expected_models))
 
 
-def _fill_statistics(out: pb.ModelStatistics, served: ServedModel) -> None:
+def _fill_statistics(out: pb.ModelStatistics, served: InferTarget) -> None:
     stats: ModelStats = served.stats
     out.name, out.version = served.name, served.version
     out.last_inference = stats.last_inference_ms

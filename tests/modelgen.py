@@ -25,9 +25,9 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
     onnx.save(model, path)
 
 
-def classifier(path: Path, n_in: int = 16, n_hidden: int = 32, n_out: int = 4) -> None:
+def classifier(path: Path, n_in: int = 16, n_hidden: int = 32, n_out: int = 4, seed: int = 1) -> None:
     """INPUT0 FP32 [b, n_in] -> PROBS (softmax) and LOGITS, FP32 [b, n_out]."""
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed)
     inits = [numpy_helper.from_array(rng.standard_normal((n_in, n_hidden)).astype(np.float32), "W0"),
              numpy_helper.from_array(rng.standard_normal(n_hidden).astype(np.float32), "B0"),
              numpy_helper.from_array(rng.standard_normal((n_hidden, n_out)).astype(np.float32), "W1"),
@@ -62,11 +62,9 @@ def identity_all(path: Path) -> None:
     _save(helper.make_model(helper.make_graph(nodes, "identity_all", inputs, outputs), opset_imports=OPSET), path)
 
 
-def slow(path: Path, iterations: int = 6000, width: int = 256) -> None:
-    """INPUT0 FP32 [b, width] -> OUTPUT0: `iterations` MatMul+Tanh rounds in a Loop (a slow model)."""
-    rng = np.random.default_rng(2)
-    weight = numpy_helper.from_array((rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), "W")
-    body = helper.make_graph(
+def tanh_loop_body(width: int) -> onnx.GraphProto:
+    """The body of a Loop that maps x [batch, width] to tanh(x @ W) each trip (W: an outer initializer)."""
+    return helper.make_graph(
         [helper.make_node("MatMul", ["x_in", "W"], ["m"]), helper.make_node("Tanh", ["m"], ["x_out"]),
          helper.make_node("Identity", ["cond_in"], ["cond_out"])],
         "body",
@@ -75,6 +73,13 @@ def slow(path: Path, iterations: int = 6000, width: int = 256) -> None:
          helper.make_tensor_value_info("x_in", TensorProto.FLOAT, ["batch", width])],
         [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
          helper.make_tensor_value_info("x_out", TensorProto.FLOAT, ["batch", width])])
+
+
+def slow(path: Path, iterations: int = 6000, width: int = 256) -> None:
+    """INPUT0 FP32 [b, width] -> OUTPUT0: `iterations` MatMul+Tanh rounds in a Loop (a slow model)."""
+    rng = np.random.default_rng(2)
+    weight = numpy_helper.from_array((rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), "W")
+    body = tanh_loop_body(width)
     consts = [numpy_helper.from_array(np.array(iterations, np.int64), "trips"),
               numpy_helper.from_array(np.array(True), "cond"), weight]
     graph = helper.make_graph(

@@ -5,16 +5,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from infergate.server.registry import ModelRegistry, ServedModel
 from infergate.server.telemetry.aggregate import ModelLabels, ModelTelemetry
-from infergate.server.telemetry.cost import cpu_cores, device_price, model_price
+from infergate.server.telemetry.cascade_view import CASCADE_DEVICE, CASCADE_PRICE_SOURCE, cascade_summaries
+from infergate.server.telemetry.cost import Price, cpu_cores, device_price, model_price
 from infergate.server.telemetry.drift import PROFILE_FILE, DriftMonitor, monitor_for
 from infergate.server.telemetry.gpu import Gpus, gpu_index
 from infergate.server.telemetry.options import TelemetryOptions
 from infergate.server.telemetry.tracing import RequestTracer, build_tracer
 from infergate.server.telemetry.windows import WINDOW_SLOTS
+
+if TYPE_CHECKING:
+    from infergate.cascade.serving import CascadeModel
+    from infergate.server.registry import Served
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +33,8 @@ class Telemetry:
         self.registry = registry
         self.options = options
         self.start_s = time.time()
-        self._models: dict[int, tuple[ServedModel, ModelTelemetry]] = {}  # by id(served); served kept alive
+        # By id(served), the served version kept alive; a cascade has several rows (see _attach_cascade).
+        self._models: dict[int, tuple[Served, list[ModelTelemetry]]] = {}
         self._lock = threading.Lock()  # attach runs on the loop thread and on scrapes
         self.gpus = Gpus() if options.is_enabled else None
         self.tracer: RequestTracer | None = None
@@ -52,22 +58,41 @@ class Telemetry:
             if without_profile:
                 logger.info("no drift profile (%s) for %s: PSI is off for them; `infergate drift-profile` builds one",
                             PROFILE_FILE, ", ".join(without_profile))
-            return [self._models[key][1] for key in served_now]
+            # A cascade's rows follow it: its own (stage "") and one per stage, under the cascade's name.
+            return [telemetry for key in served_now for telemetry in self._models[key][1]]
 
-    def _attach(self, served: ServedModel, without_profile: list[str]) -> ModelTelemetry:
-        spec, device = served.loaded.spec, served.loaded.runtime.device
+    def _attach(self, served: Served, without_profile: list[str]) -> list[ModelTelemetry]:
+        if not isinstance(served, ServedModel):
+            return self._attach_cascade(served)
+        spec, device = served.spec, served.loaded.runtime.device
+        labels = ModelLabels(spec.name, served.version, "", device)
+        return [ModelTelemetry(served.stats, labels, self._price(served),
+                               drift=self._drift_monitor(served, without_profile))]
+
+    def _attach_cascade(self, cascade: CascadeModel) -> list[ModelTelemetry]:
+        """The cascade's row, priced at the sum of its stages' costs, then a row per stage priced as the stage."""
+        rows = [ModelTelemetry(cascade.stats, ModelLabels(cascade.name, cascade.version, "", CASCADE_DEVICE),
+                               Price(0.0, CASCADE_PRICE_SOURCE))]
+        for stage in cascade.stages:
+            target = stage.target
+            device = target.loaded.runtime.device if isinstance(target, ServedModel) else CASCADE_DEVICE
+            price = self._price(target) if isinstance(target, ServedModel) else Price(0.0, CASCADE_PRICE_SOURCE)
+            rows.append(ModelTelemetry(stage.stats, ModelLabels(cascade.name, cascade.version, stage.name, device),
+                                       price))
+        return rows
+
+    def _price(self, served: ServedModel) -> Price:
+        spec, device = served.spec, served.loaded.runtime.device
         index = gpu_index(device)
         gpu_name = self.gpus.name(index) if self.gpus is not None and index is not None else ""
         default = device_price(device, cpu_cores(spec.parameters), self.options.cpu_core_price_usd_per_hour,
                                self.options.gpu_price_usd_per_hour, gpu_name)
-        price = model_price(spec.name, spec.parameters, default)
-        labels = ModelLabels(spec.name, served.version, "", device)
-        return ModelTelemetry(served.stats, labels, price, drift=self._drift_monitor(served, without_profile))
+        return model_price(spec.name, spec.parameters, default)
 
     def _drift_monitor(self, served: ServedModel, without_profile: list[str]) -> DriftMonitor | None:
         if self.options.drift_every_batches <= 0:
             return None
-        spec = served.loaded.spec
+        spec = served.spec
         try:
             monitor, why_not = monitor_for(spec.name, self.registry.repository / spec.name,
                                            {t.name: t.dims for t in spec.inputs}, self.options.drift_psi_threshold)
@@ -97,6 +122,7 @@ class Telemetry:
                 "windows": {window: telemetry.summary(window) for window in WINDOWS},
                 "drift_psi": telemetry.drift_psi(),  # summary() above has folded
             })
+        cascade_summaries(models)
         gpus = [vars_of(r) for r in self.gpus.read()] if self.gpus is not None else []
         return {"uptime_s": round(time.time() - self.start_s, 3), "telemetry": self.options.is_enabled,
                 "models": models, "gpus": gpus}
