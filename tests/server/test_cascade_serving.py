@@ -4,6 +4,8 @@ deadlines and cancellation across stages, load/unload refusals, bad configs, met
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -305,6 +307,13 @@ def test_live_view_has_a_row_per_stage_and_the_saving(client: grpcclient.Inferen
     assert 'infergate_cascade_saving_ratio{model="casc",stage="",version="1"}' in text
     statistics = client.get_inference_statistics("casc").model_stats[0]
     assert statistics.inference_count == whole["inferences"]
+    table = subprocess.run([sys.executable, "-m", "infergate.server", "stats", "--window", "all", "--address",
+                            str(cascade_server.metrics_address)], capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0, table.stderr
+    rows_of = [line.split()[:4] for line in table.stdout.splitlines() if line.startswith("casc ")]
+    assert rows_of == [["casc", "1", "-", "cascade"], ["casc", "1", "small", "cpu"], ["casc", "1", "large", "cpu"]]
+    (line,) = [line for line in table.stdout.splitlines() if line.startswith("cascade casc v1: ")]
+    assert "rows answered by small " in line and ", large " in line and "saving " in line
 
 
 def test_stages_in_use_are_not_unloaded_or_reloaded(repository: Path) -> None:

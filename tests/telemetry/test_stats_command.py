@@ -29,7 +29,7 @@ def test_stats_command_prints_a_row_per_model(server: ServerProcess, client: grp
     assert lines[1].split() == [w for c in COLUMNS for w in c.split()]
     (row,) = [line.split() for line in lines if line.startswith("classifier ")]
     assert row[:4] == ["classifier", "1", "-", "cpu"]
-    assert float(row[4]) > 0 and float(row[5]) > 0 and float(row[-1]) > 0  # rate, p50, cost per 1k
+    assert float(row[4]) > 0 and float(row[5]) > 0 and float(row[-2]) > 0  # rate, p50, cost per 1k
 
 
 def test_stats_command_says_when_no_server() -> None:
@@ -48,7 +48,7 @@ def test_table_shows_dashes_before_traffic() -> None:
     snapshot = {"uptime_s": 3.2, "telemetry": True, "gpus": [], "models": [
         {"model": "m", "version": "1", "stage": "", "device": "cpu", "windows": {"1m": window}}]}
     lines = stats_table(snapshot, "1m").splitlines()
-    assert lines[2].split() == ["m", "1", "-", "cpu", "0.0", "-", "-", "-", "-", "-", "-", "0.0", "-"]
+    assert lines[2].split() == ["m", "1", "-", "cpu", "0.0", "-", "-", "-", "-", "-", "-", "0.0", "-", "-"]
 
 
 def test_telemetry_off_keeps_counters_only(telemetry_repository: Path) -> None:
