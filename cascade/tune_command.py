@@ -6,7 +6,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from infergate.cascade.calibrate_command import (
     calibrated_output,
@@ -20,7 +20,7 @@ from infergate.cascade.config import CASCADE_FILE, check_output_widths, write_ca
 from infergate.cascade.datafile import LabelledData
 from infergate.cascade.errors import CascadeError
 from infergate.cascade.metrics import CalibrationMetrics
-from infergate.cascade.model_config import SAFE_NAME, cascade_config_pbtxt, stage_tensor_maps
+from infergate.cascade.model_config import SAFE_NAME, TensorLike, cascade_config_pbtxt, stage_tensor_maps
 from infergate.cascade.offline import StageModel
 from infergate.cascade.plots import plot_accuracy_cost
 from infergate.cascade.routing import Measure
@@ -36,6 +36,19 @@ PLOT_FILE = "accuracy_cost.png"
 EXIT_REFUSED = 1  # tuned, but a stage answers no row: nothing written to the repository
 
 Maps = list[tuple[dict[str, str], dict[str, str]]]
+
+
+class StageTensors(Protocol):
+    """A stage's name and tensors: a StageModel, or what the example repository's build knows of one."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def inputs(self) -> Sequence[TensorLike]: ...
+
+    @property
+    def outputs(self) -> Sequence[TensorLike]: ...
 
 
 def check_names(repo: Path, name: str, stages: Sequence[str]) -> None:
@@ -76,7 +89,7 @@ def check_cascade_dir(model_dir: Path) -> None:
                            "folder or none: refusing to overwrite it")
 
 
-def tensor_maps(models: Sequence[StageModel], measure: Measure) -> Maps:
+def tensor_maps(models: Sequence[StageTensors], measure: Measure) -> Maps:
     """Per stage, {cascade tensor: its tensor} for inputs and outputs, or CascadeError on a signature mismatch."""
     by_name = {model.name: model for model in models}
     draft = draft_config([model.name for model in models], measure)
@@ -102,10 +115,12 @@ def tune(repo: Path, name: str, models: Sequence[StageModel], tuning: LabelledDa
          max_accuracy_drop: float, measure: Measure, outputs: Sequence[str | None], out_dir: Path) -> int:
     """Runs the command once the models are open and the rows split; returns its exit status."""
     maps = tensor_maps(models, measure)
-    stages = []
-    for model, (inputs, _), output in zip(models, maps, outputs):
+    stages: list[TuneStage] = []
+    for model, (inputs, cascade_outputs), output in zip(models, maps, outputs):
         model_dir = repo / model.name
-        chosen = output or calibrated_output(model_dir)
+        # A later stage routes by default on the output stages[0] routes on, under its own name.
+        same_as_first = cascade_outputs.get(stages[0].tuning.output) if stages else None
+        chosen = output or calibrated_output(model_dir) or same_as_first
         scores = predict_scores(model, _renamed(tuning, inputs), chosen, None)
         evaluation_scores = predict_scores(model, _renamed(evaluation, inputs), scores.output, scores.kind).scores
         cost = model.cost(_renamed(tuning, inputs).inputs)
@@ -137,7 +152,7 @@ def tune(repo: Path, name: str, models: Sequence[StageModel], tuning: LabelledDa
     return 0
 
 
-def write_cascade(model_dir: Path, tuned: TunedCascade, maps: Maps, measure: Measure, first: StageModel,
+def write_cascade(model_dir: Path, tuned: TunedCascade, maps: Maps, measure: Measure, first: StageTensors,
                   max_batch_size: int) -> list[Path]:
     """Writes the cascade model: config.pbtxt (stages[0]'s tensors) and cascade.json; returns their paths."""
     config = tuned.config(maps, measure)

@@ -62,9 +62,10 @@ def add_commands(commands: Any) -> None:
                       help="absolute accuracy the cascade may lose against the last stage alone, in [0, 1]")
     tune.add_argument("--measure", choices=sorted(MEASURES), default="max_prob", help="confidence measure")
     tune.add_argument("--outputs", default=None, metavar="OUT_SMALL,OUT_LARGE",
-                      help="each stage's routed output; default: as calibration.json says, else chosen like "
-                           "calibrate's --output")
-    tune.add_argument("--seed", type=int, default=0, help="seed of the tuning/evaluation split")
+                      help="each stage's routed output; default: as its calibration.json says, else (a later "
+                           "stage) its name for the output stages[0] routes on, else chosen like calibrate's --output")
+    tune.add_argument("--seed", type=int, default=0,
+                      help="seed of the stratified tuning/evaluation split of --data (default 0)")
     tune.add_argument("--out", type=Path, default=None, metavar="DIR",
                       help="where the report and accuracy-cost plot go; default: ./cascade-NAME")
 
