@@ -27,8 +27,8 @@ from infergate.cascade.plots import plot_reliability_diagram
 
 logger = logging.getLogger(__name__)
 
-REPORT_FILE = "calibration_report.json"
-DIAGRAM_FILE = "reliability_diagram.png"
+REPORT_FILE = "calibration_report.json"  # in --out: calibration.json's content plus the data and files used
+DIAGRAM_FILE = "reliability_diagram.png"  # in --out: accuracy against confidence before and after T
 METRICS = ("accuracy", "nll", "brier", "ece")  # the table's rows, in CalibrationMetrics' field names
 
 

@@ -31,8 +31,8 @@ from infergate.models.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-REPORT_FILE = "tune_report.json"
-PLOT_FILE = "accuracy_cost.png"
+REPORT_FILE = "tune_report.json"  # in --out: the tuning and held-out figures, read by bench/cascade_eval.py
+PLOT_FILE = "accuracy_cost.png"  # in --out: the swept thresholds' accuracy against cost, the chosen one starred
 EXIT_REFUSED = 1  # tuned, but a stage answers no row: nothing written to the repository
 
 Maps = list[tuple[dict[str, str], dict[str, str]]]
@@ -61,7 +61,7 @@ def check_names(repo: Path, name: str, stages: Sequence[str]) -> None:
     if name in stages:
         raise CascadeError(f"--stages {','.join(stages)!r} names {name!r}, the cascade itself; expected other models")
     for stage in stages:
-        if not (repo / stage / CONFIG_FILE).is_file() and not (repo / stage).is_dir():
+        if not (repo / stage).is_dir():
             known = sorted(p.name for p in repo.iterdir() if p.is_dir()) if repo.is_dir() else []
             raise CascadeError(f"--stages: model {stage!r} is not in the model repository {repo} "
                                f"(its models: {', '.join(known) or 'none'})")

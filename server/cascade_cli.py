@@ -22,6 +22,7 @@ from infergate.server.telemetry.cost import (
     model_price,
     parse_price,
 )
+from infergate.server.telemetry.gpu import Gpus, gpu_index
 
 logger = logging.getLogger(__name__)
 
@@ -146,8 +147,10 @@ def _open(args: argparse.Namespace, name: str, version: int | None) -> StageMode
 def _price_of(core_usd_per_hour: float) -> PriceOf:
     """Telemetry's price of one instance: the device's default, then the model's price_usd_per_hour parameter."""
     def price(spec: ModelSpec, device: str) -> tuple[float, str]:
+        index = gpu_index(device)
+        gpu_name = Gpus().name(index) if index is not None else ""  # NVML only for a model on a GPU
         found = model_price(spec.name, spec.parameters,
-                            device_price(device, cpu_cores(spec.parameters), core_usd_per_hour, None))
+                            device_price(device, cpu_cores(spec.parameters), core_usd_per_hour, None, gpu_name))
         return found.usd_per_hour, found.source
 
     return price
