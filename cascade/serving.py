@@ -244,7 +244,14 @@ async def load_cascade(repository: Path, name: str, resolve: StageResolver) -> C
         raise ConfigError(str(exc)) from None
     except OSError as exc:
         raise ConfigError(f"model '{name}': cannot read {path}: {exc.strerror}") from None
-    targets = [await resolve(name, stage.model, stage.version) for stage in config.stages]
+    targets = []
+    for index, stage in enumerate(config.stages):
+        try:
+            targets.append(await resolve(name, stage.model, stage.version))
+        except InferError as exc:  # the stage's own error and status, said of the field that names it
+            error = InferError(f"{path}: stages[{index}].model {stage.model!r}: {exc.message}")
+            error.status = exc.status
+            raise error from None
     by_model = dict(zip((stage.model for stage in config.stages), targets))
     try:
         check_output_widths(config, lambda stage: _routed_width(stage, by_model[stage.model].spec), str(path))

@@ -37,8 +37,8 @@ SMALL_T, LARGE_T, THRESHOLD = 1.5, 0.8, 0.9
 SLOW_ITERATIONS = 40000  # Loop trips of the slow stage: a few hundred ms per batch here
 
 
-def _plain(root: Path, name: str, seed: int, hidden: int) -> None:
-    classifier(root / name / "1/model.onnx", FEATURES, hidden, CLASSES, seed=seed)
+def _plain(root: Path, name: str, seed: int, hidden: int, n_in: int = FEATURES, n_out: int = CLASSES) -> None:
+    classifier(root / name / "1/model.onnx", n_in, hidden, n_out, seed=seed)
     write(root / name / "config.pbtxt", f"""
 platform: "onnxruntime_onnx"
 max_batch_size: {MAX_BATCH}
@@ -101,6 +101,15 @@ output [ {{ name: "OUTPUT__0", data_type: TYPE_FP32, dims: [ 4 ] }},
         _cascade(root, "casc_torch", [_stage("small", THRESHOLD, SMALL_T), _stage("torch_linear", None, 1.0,
                                                                                   "OUTPUT__1")])
     _cascade(root, "casc_self", [_stage("small", 0.5), _stage("casc_self", None)])
+    _plain(root, "small_narrow", seed=13, hidden=8, n_in=8)
+    _plain(root, "small_3", seed=14, hidden=8, n_out=3)
+    _cascade(root, "casc_inputs", [_stage("small", 0.5), _stage("small_narrow", None)])
+    _cascade(root, "casc_widths", [_stage("small", 0.5), _stage("small_3", None)])
+    _cascade(root, "casc_missing", [_stage("small", 0.5), _stage("nope", None)])
+    _cascade(root, "casc_threshold", [_stage("small", 0.5), _stage("large", None)])
+    doc = json.loads((root / "casc_threshold/cascade.json").read_text())
+    doc["stages"][0]["threshold"] = 1.5
+    (root / "casc_threshold/cascade.json").write_text(json.dumps(doc))
     (root / "casc_bad").mkdir()
     (root / "casc_bad/config.pbtxt").write_text(cascade_config_pbtxt("casc_bad", INPUTS, OUTPUTS, CLASSES, MAX_BATCH))
     (root / "casc_bad/cascade.json").write_text(json.dumps({"measure": "median", "stages": []}))
@@ -273,8 +282,22 @@ def test_metadata_and_config_describe_the_cascade(client: grpcclient.InferenceSe
 def test_bad_cascades_are_unavailable_with_their_reason_while_the_rest_serve(
         client: grpcclient.InferenceServerClient) -> None:
     index = {m.name: m for m in client.get_model_repository_index().models}
-    assert "measure is \"median\", expected one of" in index["casc_bad"].reason
-    assert "casc_self" in index["casc_self"].reason and "leads back to" in index["casc_self"].reason
+    reasons = {name: index[name].reason for name in index if name.startswith("casc_") and index[name].reason}
+    folder = str(Path(reasons["casc_bad"].split(": ")[0]).parent.parent)
+    assert reasons == {
+        "casc_bad": f"{folder}/casc_bad/cascade.json: measure is \"median\", expected one of ['max_prob', 'margin', "
+                    "'entropy']",
+        "casc_self": f"{folder}/casc_self/cascade.json: stages[1].model 'casc_self' leads back to 'casc_self' "
+                     "(casc_self -> casc_self), expected stages that are plain models or other cascades",
+        "casc_inputs": f"{folder}/casc_inputs/cascade.json: stages[1].model 'small_narrow' input 'INPUT0' is FP32 [8], "
+                       "expected FP32 [16] like the cascade's 'INPUT0'",
+        "casc_widths": f"{folder}/casc_widths/cascade.json: stages[1].output 'LOGITS' of model 'small_3' has 3 "
+                       "classes, expected 4 like stages[0]",
+        "casc_missing": f"{folder}/casc_missing/cascade.json: stages[1].model 'nope': model 'nope' is not in the "
+                        "model repository",
+        "casc_threshold": f"{folder}/casc_threshold/cascade.json: stages[0].threshold is 1.5, expected a number in "
+                          "[0, 1]",
+    }
     assert not client.is_model_ready("casc_bad") and client.is_model_ready("casc")
     with pytest.raises(InferenceServerException) as info:
         _infer(client, "casc_bad", _rows(np.random.default_rng(6), 1))
