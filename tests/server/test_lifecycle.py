@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import urllib.request
@@ -121,6 +122,22 @@ def test_serve_without_arguments_serves_the_example_repository(tmp_path: Path) -
             assert (probs.argmax(1) == y).mean() > 0.9
             echo = client.infer("identity", [_input(x)]).as_numpy("OUTPUT0")
             np.testing.assert_array_equal(echo, x)
+            assert ("digits_cascade" in ready) == has_torch()
+            if has_torch():  # the cascade served does on its evaluation rows what the build reported
+                with np.load(tmp_path / "example-data-v1" / "digits_cascade_split.npz") as split:
+                    rows = split["evaluation_rows"]
+                report = json.loads((tmp_path / "example-data-v1" / "digits_cascade_eval.json").read_text())
+                stage, right = [], []
+                for start in range(0, len(rows), 64):
+                    batch = rows[start:start + 64]
+                    requested = [grpcclient.InferRequestedOutput(n) for n in ("OUTPUT0", "CASCADE_STAGE")]
+                    result = client.infer("digits_cascade", [_input(data["X"][batch])], outputs=requested)
+                    stage.extend(result.as_numpy("CASCADE_STAGE").reshape(-1))
+                    right.extend(result.as_numpy("OUTPUT0").argmax(1) == data["y"][batch])
+                figures = report["evaluation"]["cascade"]
+                assert float(np.mean(right)) == pytest.approx(figures["accuracy"], abs=1.5 / len(rows))
+                assert float(np.mean(np.array(stage) == 0)) == pytest.approx(figures["answered_fraction"][0],
+                                                                             abs=1.5 / len(rows))
     finally:
         assert server.stop() == 0
     assert any("serving the example repository" in line for line in server.log)
