@@ -81,14 +81,3 @@ def cost_per_inference_usd(usd_per_hour: float, busy_ns: int, inferences: int) -
     """Price x busy seconds / inferences served; None before the first inference."""
     return cost_usd(usd_per_hour, busy_ns) / inferences if inferences else None
 
-
-def cascade_saving(stage_costs_usd: list[float], requests: int, largest_cost_per_inference_usd: float) -> float | None:
-    """Fraction saved by a cascade against sending all `requests` to its largest stage alone.
-
-    stage_costs_usd: what each stage cost for these requests (escalated ones pay every stage they
-    passed). None when there is nothing to compare against.
-    """
-    alone_usd = requests * largest_cost_per_inference_usd
-    if alone_usd <= 0:
-        return None
-    return 1.0 - sum(stage_costs_usd) / alone_usd

@@ -24,13 +24,6 @@ def test_cost_arithmetic_on_known_busy_time() -> None:
     assert cost.cost_per_inference_usd(2.0, 0, 0) is None
 
 
-def test_cascade_saving_against_largest_stage_alone() -> None:
-    # 1000 requests: all pass the small stage (0.1 m$ each), 200 escalate to the large one (1 m$ each).
-    small, large = 1000 * 0.0001, 200 * 0.001
-    assert cost.cascade_saving([small, large], 1000, 0.001) == pytest.approx(1 - 0.3 / 1.0)
-    assert cost.cascade_saving([small], 0, 0.001) is None
-
-
 def test_device_price_defaults() -> None:
     assert cost.device_price("cpu", 2, 0.05, None) == Price(0.1, "cpu 2 core(s) x 0.05")
     assert cost.device_price("cuda:0", 1, 0.05, None, "NVIDIA H100 80GB HBM3").usd_per_hour == 4.0
