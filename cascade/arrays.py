@@ -110,6 +110,8 @@ def _float_array(name: str, values: npt.ArrayLike) -> FloatArray:
 
 
 def _check_finite(name: str, array: FloatArray) -> None:
+    if np.isfinite(array).all():  # the common case, and the serving path's: one pass, no index array
+        return
     bad = np.argwhere(~np.isfinite(array))
     if bad.size:
         row, column = (int(i) for i in bad[0])
@@ -118,15 +120,16 @@ def _check_finite(name: str, array: FloatArray) -> None:
 
 
 def _check_probability_rows(name: str, array: FloatArray) -> None:
-    negative = np.argwhere(array < 0)
-    if negative.size:
+    if not array.size:
+        return
+    if array.min() < 0:
+        negative = np.argwhere(array < 0)
         row, column = (int(i) for i in negative[0])
         raise CascadeError(f"{name} has {_show(array[row, column])} at row {row}, column {column}; "
                            "expected probabilities >= 0")
     sums = array.sum(axis=1)
-    off = np.flatnonzero(np.abs(sums - 1.0) > PROBABILITY_SUM_TOLERANCE)
-    if off.size:
-        row = int(off[0])
+    if np.abs(sums - 1.0).max() > PROBABILITY_SUM_TOLERANCE:
+        row = int(np.flatnonzero(np.abs(sums - 1.0) > PROBABILITY_SUM_TOLERANCE)[0])
         raise CascadeError(f"{name} row {row} sums to {_show(sums[row])}, expected 1 within "
                            f"{PROBABILITY_SUM_TOLERANCE} (probabilities; are these logits?)")
 

@@ -92,6 +92,12 @@ def route_stage(probabilities: npt.ArrayLike, threshold: float, measure: Measure
                   _measure(measure))
 
 
+def route_checked(probabilities: FloatArray, threshold: float, measure: Measure) -> StageRouting:
+    """route_stage without its checks, for the server: `probabilities` come from calibrated_probabilities
+    (finite rows of a fixed width) and the threshold from a validated cascade.json."""
+    return _route(probabilities, threshold, MEASURES[measure])
+
+
 def plan_cascade(stage_probabilities: Sequence[npt.ArrayLike], thresholds: Sequence[float],
                  measure: Measure) -> CascadePlan:
     """Routes every row through the stages as the server would: stage i answers the rows that no earlier stage

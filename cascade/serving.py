@@ -33,7 +33,7 @@ from infergate.cascade.model_config import (
     STAGE_OUTPUT,
     stage_tensor_maps,
 )
-from infergate.cascade.routing import MEASURES, route_stage
+from infergate.cascade.routing import MEASURES, route_checked
 from infergate.models.config import CASCADE_PLATFORM, ModelSpec, TensorSpec, build_spec, read_config
 from infergate.models.errors import ConfigError, DeadlineExceeded, InferError, ModelUnavailable
 from infergate.models.repository import available_versions, config_tensor
@@ -138,7 +138,7 @@ class CascadeModel:
                 is_answered = np.ones(count, dtype=bool)
                 row_confidence = self._measure(probabilities)
             else:
-                routing = route_stage(probabilities, stage.config.threshold or 0.0, self.config.measure)
+                routing = route_checked(probabilities, stage.config.threshold or 0.0, self.config.measure)
                 is_answered, row_confidence = routing.is_answered, routing.confidence
             answer.fill(index, stage, remaining, is_answered, result.outputs, row_confidence, probabilities)
             remaining = np.flatnonzero(~is_answered) if remaining is None else remaining[~is_answered]
