@@ -119,16 +119,21 @@ class ModelStats(Stats):
             self.fold_due_ns = now_ns + FOLD_INTERVAL_NS
             self.sink()
 
-    def part_done(self, rows: int, queue_ns: int, compute_ns: int, busy_ns: int, done_ns: int,
+    def part_done(self, rows: int, phases_ns: tuple[int, int, int, int], busy_ns: int, done_ns: int,
                   e2e_ns: int | None = None) -> None:
         """Work done for a request outside this model's own batcher: a cascade records each request here, and
         each stage's share of it in a record of its own (with `e2e_ns`, the stage's latency for it). `busy_ns`
-        is the device time this work is charged, e.g. its rows' share of a stage's batch."""
+        is the device time this work is charged, e.g. its rows' share of a stage's batch; `phases_ns` are
+        (queue, compute_input, compute_infer, compute_output) as Triton's statistics name them."""
         self.inference_count += rows
         self.execution_count += 1
         self.last_inference_ms = time.time_ns() // 1_000_000
+        queue_ns, input_ns, compute_ns, output_ns = phases_ns  # (queue, compute_input, _infer, _output)
         self.queue.add(queue_ns)
+        # All three compute phases, counted alike: perf_analyzer refuses statistics whose counts differ.
+        self.compute_input.add(input_ns)
         self.compute_infer.add(compute_ns)
+        self.compute_output.add(output_ns)
         self.busy_ns += busy_ns
         if e2e_ns is not None:
             self.success.add(e2e_ns)

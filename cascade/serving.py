@@ -115,7 +115,7 @@ class CascadeModel:
         answer = _Answer(rows, request.output_names)
         remaining: IndexArray | None = None  # rows not yet answered; None: all, in order (no copy for stage 0)
         first_timings: Timings | None = None
-        queue_ns = compute_ns = busy_ns = 0
+        phases_ns, busy_ns = np.zeros(4, np.int64), 0  # queue, compute input, infer, output: summed over stages
         last = len(self.stages) - 1
         for index, stage in enumerate(self.stages):
             count = rows if remaining is None else len(remaining)
@@ -129,9 +129,10 @@ class CascadeModel:
                 DecodedRequest(inputs, count, list(dict.fromkeys(wanted)), request.priority, request.timeout_us, {}),
                 deadline_ns)
             done_ns = time.monotonic_ns()
-            shares = _shares(result.timings, count)
-            stage.stats.part_done(count, *shares, done_ns, e2e_ns=done_ns - call_ns)
-            queue_ns, compute_ns, busy_ns = queue_ns + shares[0], compute_ns + shares[1], busy_ns + shares[2]
+            phases, busy = _shares(result.timings, count)
+            stage.stats.part_done(count, phases, busy, done_ns, e2e_ns=done_ns - call_ns)
+            phases_ns += phases
+            busy_ns += busy
             first_timings = first_timings or result.timings
             probabilities = self._probabilities(stage, result.outputs)
             if index == last:
@@ -144,7 +145,9 @@ class CascadeModel:
             remaining = np.flatnonzero(~is_answered) if remaining is None else remaining[~is_answered]
             if not len(remaining):
                 break
-        self._stats.part_done(rows, queue_ns, compute_ns, busy_ns, time.monotonic_ns())
+        queue, compute_input, compute_infer, compute_output = (int(ns) for ns in phases_ns)
+        self._stats.part_done(rows, (queue, compute_input, compute_infer, compute_output), busy_ns,
+                              time.monotonic_ns())
         parameters: dict[str, ParameterValue] = {STAGE_PARAMETER: answer.last_stage,
                                                  ESCALATED_PARAMETER: answer.escalated_rows}
         return InferResult(answer.outputs(), first_timings, parameters, answer.last_stage)
@@ -166,14 +169,16 @@ def _deadline_error(cascade: str, stage: str, rows: int) -> InferError:
     return error
 
 
-def _shares(timings: Timings | None, rows: int) -> tuple[int, int, int]:
-    """(queue, compute, busy) ns of `rows` rows in the batch `timings` describes; busy is their share of the
-    batch's device time (compute and transforms), since the batch may hold other requests' rows."""
+def _shares(timings: Timings | None, rows: int) -> tuple[tuple[int, int, int, int], int]:
+    """((queue, compute input, infer, output) ns, busy ns) of `rows` rows in the batch `timings` describes; busy
+    is their share of the batch's device time (compute and transforms): the batch may hold other requests' rows."""
     if timings is None or not timings.batch_rows:
-        return 0, 0, 0  # a stage that is itself a cascade: its stages record their own
+        return (0, 0, 0, 0), 0  # a stage that is itself a cascade: its stages record their own
     compute_ns = timings.compute_end_ns - timings.compute_start_ns
     busy_ns = compute_ns + timings.transform_end_ns - timings.transform_start_ns
-    return timings.dispatched_ns - timings.enqueued_ns, compute_ns, busy_ns * rows // timings.batch_rows
+    phases = (timings.dispatched_ns - timings.enqueued_ns, timings.compute_start_ns - timings.dispatched_ns,
+              compute_ns, timings.done_ns - timings.compute_end_ns)
+    return phases, busy_ns * rows // timings.batch_rows
 
 
 class _Answer:

@@ -4,6 +4,9 @@ deadlines and cancellation across stages, load/unload refusals, bad configs, met
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -356,3 +359,19 @@ def test_stages_in_use_are_not_unloaded_or_reloaded(repository: Path) -> None:
             assert not own.is_model_ready("small")
     finally:
         proc.stop()
+
+
+PERF_ANALYZER = os.environ.get("PERF_ANALYZER") or shutil.which("perf_analyzer")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not PERF_ANALYZER, reason="perf_analyzer not installed (set PERF_ANALYZER; see README)")
+def test_perf_analyzer_loads_a_cascade_and_reads_its_statistics(cascade_server: ServerProcess) -> None:
+    assert PERF_ANALYZER is not None
+    result = subprocess.run([PERF_ANALYZER, "-i", "grpc", "-u", cascade_server.address, "-m", "casc", "-b", "4",
+                             "--concurrency-range", "4", "-p", "500", "--max-trials", "4", "-s", "100"],
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"Inference count: [1-9]\d*", result.stdout)
+    assert re.search(r"Avg request latency: \d+ usec \(overhead \d+ usec \+ queue \d+ usec \+ compute input",
+                     result.stdout)
