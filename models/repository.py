@@ -33,6 +33,9 @@ class LoadedVersion:
     load_s: float  # wall time to load and warm up
     warm_batch_s: float  # fastest warm-up run: the compute (and transform) time of one (default: full) batch
     features: FeatureStage | None = None  # the model's declared feature transforms
+    # Cheapest compute per row over the warm-up runs (the best batching it saw): what a cascade's saving is
+    # measured against, for its last stage (inf when the model has no warm-up).
+    warm_row_s: float = float("inf")
 
 
 def list_models(repo: Path) -> list[str]:
@@ -147,19 +150,31 @@ def load_model(repo: Path, name: str) -> list[LoadedVersion]:
         declaration = find_declaration(spec, model_dir)
         features = build_stage(spec, *declaration) if declaration else None
         output_names = [t.name for t in spec.outputs]
-        fastest_s = float("inf")
+        fastest_s = row_s = float("inf")
         for inputs, count in warmup_batches(spec):
+            rows = _rows_of(spec, inputs)
             for _ in range(count):
                 run_start = time.perf_counter()
                 runtime.predict(_reshaped(spec, inputs), output_names)
-                fastest_s = min(fastest_s, time.perf_counter() - run_start)
+                run_s = time.perf_counter() - run_start
+                fastest_s, row_s = min(fastest_s, run_s), min(row_s, run_s / rows)
         if features is not None:
-            fastest_s += features.warm_up(max(spec.max_batch_size, 1))
+            transform_s = features.warm_up(max(spec.max_batch_size, 1))
+            fastest_s += transform_s
+            row_s += transform_s / max(spec.max_batch_size, 1)
             _show_client_inputs(spec, features)
-        loaded.append(LoadedVersion(spec, str(version), runtime, time.perf_counter() - start, fastest_s, features))
+        loaded.append(LoadedVersion(spec, str(version), runtime, time.perf_counter() - start, fastest_s, features,
+                                    row_s))
         logger.info("loaded model '%s' version %s (%s on %s%s) in %.2f s", name, version, spec.platform,
                     runtime.device, ", with feature transforms" if features else "", loaded[-1].load_s)
     return loaded
+
+
+def _rows_of(spec: ModelSpec, inputs: dict[str, np.ndarray]) -> int:
+    """Rows of a warm-up batch: its leading dimension when the model batches, else one."""
+    if spec.max_batch_size <= 0 or not inputs:
+        return 1
+    return max(int(next(iter(inputs.values())).shape[0]), 1)
 
 
 def _show_client_inputs(spec: ModelSpec, features: FeatureStage) -> None:

@@ -103,7 +103,7 @@ class RegistryCollector(Collector):
         stage_rows = CounterMetricFamily("infergate_cascade_stage_rows", "Rows of a cascade's requests that "
                                          "reached each stage (the next stage's count is this one's escalations)",
                                          labels=LABELS)
-        costs = _cascade_costs(models)
+        costs = _cascade_costs(models, self.telemetry.alone_per_row_usd)
         for telemetry in models:
             exported = telemetry.export()
             labels = telemetry.labels
@@ -148,16 +148,19 @@ class RegistryCollector(Collector):
         yield from (utilization, power)
 
 
-def _cascade_costs(models: list[ModelTelemetry]) -> dict[tuple[str, str], tuple[float, float | None]]:
-    """Per cascade (model, version): what its stages cost since start, and its last stage's cost per row."""
+def _cascade_costs(models: list[ModelTelemetry], alone_per_row_usd: dict[tuple[str, str], float]
+                   ) -> dict[tuple[str, str], tuple[float, float | None]]:
+    """Per cascade (model, version): what its stages cost since start, and the saving's reference: a row sent
+    to its last stage alone (at its best batched cost when known, else at that stage's cost here)."""
     costs: dict[tuple[str, str], tuple[float, float | None]] = {}
     for telemetry in models:
         labels, stats = telemetry.labels, telemetry.stats
         if labels.stage:
-            spent, _ = costs.get((labels.model, labels.version), (0.0, None))
+            key = (labels.model, labels.version)
+            spent, _ = costs.get(key, (0.0, None))
             last = cost_per_inference_usd(telemetry.price.usd_per_hour, stats.busy_ns, stats.inference_count)
-            costs[labels.model, labels.version] = (spent + cost_usd(telemetry.price.usd_per_hour, stats.busy_ns),
-                                                   last)  # rows come in stage order: the last one stays
+            costs[key] = (spent + cost_usd(telemetry.price.usd_per_hour, stats.busy_ns),
+                          alone_per_row_usd.get(key, last))  # rows come in stage order: the last one stays
     return costs
 
 

@@ -19,7 +19,11 @@ def cascade_summaries(models: list[dict[str, Any]]) -> None:
 
     Stage rows gain answered_rows, escalated_rows and escalation_rate (rows reaching the next stage over rows
     reaching this one, both counted in the same window); the cascade's row gains its cost (the stages' costs
-    summed), cost_per_1k_inferences_usd, and saving_ratio against the last stage's cost per row."""
+    summed), cost_per_1k_inferences_usd, what its last stage cost per row here
+    (last_stage_cost_per_1k_inferences_usd: escalated rows come a few at a time, so this is dear) and
+    saving_ratio: against every row sent to the last stage alone, priced at the row's best batched cost
+    (the row's last_stage_alone_cost_per_1k_inferences_usd, from the server's warm-up) when known, else
+    at that stage's cost here."""
     for cascade, stages in _cascades(models):
         for window, summary in cascade["windows"].items():
             stage_windows = [stage["windows"][window] for stage in stages]
@@ -37,7 +41,8 @@ def cascade_summaries(models: list[dict[str, Any]]) -> None:
             if last is None:
                 last = _alone_cost(models, stages[-1]["stage"], window)
             summary["last_stage_cost_per_1k_inferences_usd"] = last
-            summary["saving_ratio"] = saving_ratio(summary["cost_per_1k_inferences_usd"], last)
+            alone = cascade.get("last_stage_alone_cost_per_1k_inferences_usd", last)
+            summary["saving_ratio"] = saving_ratio(summary["cost_per_1k_inferences_usd"], alone)
 
 
 def saving_ratio(cascade_per_1k_usd: float | None, last_stage_per_1k_usd: float | None) -> float | None:

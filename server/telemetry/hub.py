@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from infergate.server.registry import ModelRegistry, ServedModel
 from infergate.server.telemetry.aggregate import ModelLabels, ModelTelemetry
 from infergate.server.telemetry.cascade_view import CASCADE_DEVICE, CASCADE_PRICE_SOURCE, cascade_summaries
-from infergate.server.telemetry.cost import Price, cpu_cores, device_price, model_price
+from infergate.server.telemetry.cost import Price, cost_usd, cpu_cores, device_price, model_price
 from infergate.server.telemetry.drift import PROFILE_FILE, DriftMonitor, monitor_for
 from infergate.server.telemetry.gpu import Gpus, gpu_index
 from infergate.server.telemetry.options import TelemetryOptions
@@ -37,6 +38,9 @@ class Telemetry:
         self._models: dict[int, tuple[Served, list[ModelTelemetry]]] = {}
         self._lock = threading.Lock()  # attach runs on the loop thread and on scrapes
         self.gpus = Gpus() if options.is_enabled else None
+        # Per cascade (name, version): what one row would cost sent to its last stage alone, at the cheapest
+        # per-row compute the server measured for that model (its warm-up batches): the saving's reference.
+        self.alone_per_row_usd: dict[tuple[str, str], float] = {}
         self.tracer: RequestTracer | None = None
         if options.is_enabled:
             self.tracer = build_tracer(options.trace_exporter, options.trace_sampling_ratio,
@@ -73,6 +77,10 @@ class Telemetry:
         """The cascade's row, priced at the sum of its stages' costs, then a row per stage priced as the stage."""
         rows = [ModelTelemetry(cascade.stats, ModelLabels(cascade.name, cascade.version, "", CASCADE_DEVICE),
                                Price(0.0, CASCADE_PRICE_SOURCE))]
+        last = cascade.stages[-1].target
+        if isinstance(last, ServedModel) and math.isfinite(last.loaded.warm_row_s):
+            self.alone_per_row_usd[cascade.name, cascade.version] = cost_usd(self._price(last).usd_per_hour,
+                                                                             int(last.loaded.warm_row_s * 1e9))
         for stage in cascade.stages:
             target = stage.target
             device = target.loaded.runtime.device if isinstance(target, ServedModel) else CASCADE_DEVICE
@@ -122,6 +130,9 @@ class Telemetry:
                 "windows": {window: telemetry.summary(window) for window in WINDOWS},
                 "drift_psi": telemetry.drift_psi(),  # summary() above has folded
             })
+            alone_usd = self.alone_per_row_usd.get((labels.model, labels.version)) if not labels.stage else None
+            if alone_usd is not None:
+                models[-1]["last_stage_alone_cost_per_1k_inferences_usd"] = alone_usd * 1000
         cascade_summaries(models)
         gpus = [vars_of(r) for r in self.gpus.read()] if self.gpus is not None else []
         return {"uptime_s": round(time.time() - self.start_s, 3), "telemetry": self.options.is_enabled,

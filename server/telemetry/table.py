@@ -49,9 +49,10 @@ def _cascade_lines(models: list[dict[str, Any]], window: str) -> list[str]:
         answered = ", ".join(f"{r['stage']} {_share(r['windows'][window]['answered_rows'], w['inferences'])}"
                              for r in stages)
         saving = "-" if w["saving_ratio"] is None else f"{100 * w['saving_ratio']:.1f} %"
+        alone = row.get("last_stage_alone_cost_per_1k_inferences_usd", w["last_stage_cost_per_1k_inferences_usd"])
         lines.append(f"cascade {row['model']} v{row['version']}: rows answered by {answered}; cost per 1k "
                      f"{_cost(w['cost_per_1k_inferences_usd'])} USD, {stages[-1]['stage']} alone "
-                     f"{_cost(w['last_stage_cost_per_1k_inferences_usd'])}: saving {saving}")
+                     f"{_cost(alone)}: saving {saving}")
     return lines
 
 

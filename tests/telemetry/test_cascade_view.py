@@ -40,6 +40,17 @@ def test_before_any_row_reaches_the_last_stage_its_own_cost_is_the_reference() -
     assert models[1]["windows"]["all"]["escalation_rate"] == 0.0
 
 
+def test_the_saving_is_against_the_last_stage_at_its_best_batch_when_the_server_measured_it() -> None:
+    # Escalated rows reach the large stage a few at a time (1 m$ a row here); batched, it costs 0.5 m$ a row.
+    models = [_row("c", "", CASCADE_DEVICE, 1000, 0.0), _row("c", "small", "cpu", 1000, 0.1),
+              _row("c", "large", "cpu", 200, 0.2)]
+    models[0]["last_stage_alone_cost_per_1k_inferences_usd"] = 0.5
+    cascade_summaries(models)
+    whole = models[0]["windows"]["all"]
+    assert whole["last_stage_cost_per_1k_inferences_usd"] == pytest.approx(1.0)  # what it cost here
+    assert whole["saving_ratio"] == pytest.approx(1 - 0.3 / 0.5)
+
+
 @pytest.mark.parametrize(("cascade", "last", "expected"), [(0.3, 1.0, 0.7), (None, 1.0, None), (0.3, None, None),
                                                             (0.3, 0.0, None), (2.0, 1.0, -1.0)])
 def test_saving_ratio(cascade: float | None, last: float | None, expected: float | None) -> None:
