@@ -327,7 +327,7 @@ def test_live_view_has_a_row_per_stage_and_the_saving(client: grpcclient.Inferen
     assert whole["cost_usd"] == pytest.approx(small["cost_usd"] + large["cost_usd"])
     assert whole["saving_ratio"] is not None and whole["saving_ratio"] < 1
     alone = rows[""]["last_stage_alone_cost_per_1k_inferences_usd"]  # large's cheapest warm-up row, priced
-    assert 0 < alone and whole["saving_ratio"] == pytest.approx(1 - whole["cost_per_1k_inferences_usd"] / alone)
+    assert alone > 0 and whole["saving_ratio"] == pytest.approx(1 - whole["cost_per_1k_inferences_usd"] / alone)
     with urllib.request.urlopen(f"http://{cascade_server.metrics_address}/metrics", timeout=10) as response:
         text = response.read().decode()
     assert 'infergate_cascade_stage_rows_total{model="casc",stage="small",version="1"}' in text
