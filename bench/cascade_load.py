@@ -48,7 +48,7 @@ PA_STABILITY_PCT = 50
 TOOL_SLACK_S = 60  # a client's time beyond its window before it is killed, s
 
 
-def build(work: Path, out: Path, with_cascade: bool) -> dict[str, Any]:
+def build(work: Path, out: Path, with_cascade: bool, rows_per_request: int = 1) -> dict[str, Any]:
     """The repository and the request stream; tunes the cascade unless told not to. Returns what was built."""
     spec = cd.DATASETS[DATASET]
     repository, data = work / "repository", work / "data"
@@ -64,15 +64,20 @@ def build(work: Path, out: Path, with_cascade: bool) -> dict[str, Any]:
         facts["tune_command"] = shlex.join(command).replace(str(work), "$WORK")
     with np.load(data / "eval.npz") as held_out:
         rows = np.asarray(held_out["INPUT0"], np.float32)
-    facts.update(repository=repository, models=models, stages=stages, stream=stream_files(rows, work))
+    facts.update(repository=repository, models=models, stages=stages,
+                 stream=stream_files(rows, work, rows_per_request), rows_per_request=rows_per_request)
     return facts
 
 
-def stream_files(rows: np.ndarray, work: Path) -> dict[str, Path]:
-    """The same requests for both clients: one row a request, in order (harness .npz, perf_analyzer JSON)."""
+def stream_files(rows: np.ndarray, work: Path, rows_per_request: int = 1) -> dict[str, Path]:
+    """The same requests for both clients, in order (harness .npz, perf_analyzer JSON): request i holds the
+    `rows_per_request` rows after request i - 1's, the evaluation rows cycled. perf_analyzer -b N takes N
+    consecutive steps of its data for one request (checked against a cascade's stage batch sizes), so its
+    steps are those rows one by one, and the stream, len(rows) requests, ends on a whole request."""
+    order = np.arange(len(rows) * rows_per_request) % len(rows)
     npz, pa_json = work / "stream.npz", work / "stream.json"
-    np.savez(npz, INPUT0=rows[:, None, :])  # requests x [batch 1, features]
-    pa_json.write_text(json.dumps({"data": [{"INPUT0": [float(v) for v in row]} for row in rows]}))
+    np.savez(npz, INPUT0=rows[order].reshape(len(rows), rows_per_request, -1))  # requests x [batch, features]
+    pa_json.write_text(json.dumps({"data": [{"INPUT0": [float(v) for v in rows[i]]} for i in order]}))
     return {"npz": npz, "json": pa_json}
 
 
@@ -88,22 +93,25 @@ def stats(metrics_port: int) -> dict[str, Any]:
 
 def harness_command(port: int, model: str, args: argparse.Namespace, stream: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "infergate.server", "bench", "--target", f"127.0.0.1:{port}", "--model", model,
-            "--data", str(stream), "--concurrency", str(args.concurrency), "--duration-s", str(args.duration_s),
+            "--data", str(stream), "--batch-size", str(args.rows_per_request), "--concurrency", str(args.concurrency),
+            "--duration-s", str(args.duration_s),
             "--warmup-s", str(WARMUP_S), "--out", str(out), "--quiet", "--no-plots"]
 
 
 def pa_command(port: int, model: str, args: argparse.Namespace, stream: Path, csv_path: Path) -> list[str]:
-    return [str(args.perf_analyzer), "-i", "grpc", "-u", f"127.0.0.1:{port}", "-m", model, "--input-data",
-            str(stream), "--concurrency-range", str(args.concurrency), "-p", str(PA_MEASUREMENT_MS),
+    return [str(args.perf_analyzer), "-i", "grpc", "-u", f"127.0.0.1:{port}", "-m", model, "-b",
+            str(args.rows_per_request), "--input-data", str(stream), "--concurrency-range", str(args.concurrency),
+            "-p", str(PA_MEASUREMENT_MS),
             "--max-trials", str(PA_MAX_TRIALS), "-s", str(PA_STABILITY_PCT), "-f", str(csv_path)]
 
 
-def client_figures(tool: str, out: Path) -> dict[str, float | None]:
-    """Throughput and client-side latency percentiles (ms) from a client's own output files."""
+def client_figures(tool: str, out: Path, rows_per_request: int = 1) -> dict[str, float | None]:
+    """Throughput (rows a second) and client-side latency percentiles (ms) from a client's own output files."""
     if tool == "harness":
         point = json.loads((out / "results.json").read_text())["points"][0]
         latency = point["latency_ms"]
-        return {"infer_per_s": point["throughput_per_s"], "p50_ms": latency.get("p50"),
+        # The harness counts responses; perf_analyzer's Inferences/Second counts rows.
+        return {"infer_per_s": point["throughput_per_s"] * rows_per_request, "p50_ms": latency.get("p50"),
                 "p95_ms": latency.get("p95"), "p99_ms": latency.get("p99"),
                 "errors": float(sum(point["errors"].values()))}
     if not (out / "perf_analyzer.csv").exists():
@@ -155,7 +163,7 @@ def run_tool(tool: str, rnd: int, variant: str, port: int, metrics_port: int, pi
         cell["server_cpu_us_per_infer"] = round(1e6 * (cpu1[1] - cpu0[1]) / CLK_TCK / rows, 1) if rows else None
     stdout = (out / "stdout.txt").read_text(errors="replace")
     try:
-        cell.update(client_figures(tool, out))
+        cell.update(client_figures(tool, out, args.rows_per_request))
     except (OSError, KeyError, ValueError, IndexError) as exc:
         cell["error"] = f"{tool} exited {rc}, no figures ({exc!r}): " + stdout[-600:]
     else:
@@ -202,9 +210,11 @@ def readme(cells: list[dict[str, Any]], summary: dict[str, Any], facts: dict[str
              f"(and other work: see the load averages).  ",
              f"Load average (/proc/loadavg) at start: {loadavgs[0]}; at end: {loadavgs[1]}.  ",
              f"Models: {facts['small']['kind']} then {facts['large']['kind']}; stream: {facts['rows']['eval']} "
-             f"evaluation rows, one row a request, same order for both; concurrency {args.concurrency}; "
+             f"evaluation rows, {args.rows_per_request} row(s) a request, same order for both; concurrency "
+             f"{args.concurrency}; "
              f"{args.rounds} rounds ABBA, a fresh server per cell; harness window {args.duration_s:g} s after "
-             f"{WARMUP_S:g} s warm-up, perf_analyzer -p {PA_MEASUREMENT_MS} --max-trials {PA_MAX_TRIALS}.", "",
+             f"{WARMUP_S:g} s warm-up, perf_analyzer -p {PA_MEASUREMENT_MS} --max-trials {PA_MAX_TRIALS} "
+             f"-s {PA_STABILITY_PCT}.", "",
              "Medians over rounds:", "", *cc.summary_table(summary["medians"]), ""]
     if summary["verdicts"]:
         lines += ["Targets (ratios of medians, cascade / large):", "", *cc.verdict_table(summary["verdicts"]), ""]
@@ -232,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rows-per-request", type=int, default=1,
+                        help="rows in each request (a backend scoring candidates sends several)")
     parser.add_argument("--duration-s", type=float, default=20.0, help="harness window per cell")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="cascade,large or either alone")
     parser.add_argument("--tools", default=",".join(TOOLS), help="harness,perf_analyzer or either alone")
@@ -245,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     start_load = loadavg()
     cells: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="infergate-cascade-load-") as scratch:
-        facts = build(Path(scratch), args.out, with_cascade="cascade" in variants)
+        facts = build(Path(scratch), args.out, with_cascade="cascade" in variants,
+                      rows_per_request=args.rows_per_request)
         for rnd, variant in cc.abba(variants, args.rounds):
             for cell in measure(rnd, variant, facts, args):
                 print(f"r{rnd} {variant} {cell['tool']}: {cell.get('infer_per_s')} infer/s, P99 {cell.get('p99_ms')} "
