@@ -1,48 +1,43 @@
-"""Reads a model's BatchLimits from its ModelConfig (dynamic_batching, queue policies)."""
+"""A model's BatchLimits, from the dynamic_batching and parameters of its validated ModelSpec."""
 
 from __future__ import annotations
 
 import logging
 
 from infergate.batching.policy import BatchLimits, QueuePolicy
-from infergate.proto import model_config_pb2 as mc
+from infergate.models.config import ModelSpec, QueuePolicySpec
 
 logger = logging.getLogger(__name__)
 
 ADAPTIVE_DELAY_PARAMETER = "adaptive_queue_delay"  # "on" (default) or "off": see BatchLimits.is_delay_adaptive
 
 
-def _queue_policy(policy: mc.ModelQueuePolicy) -> QueuePolicy:
-    return QueuePolicy(
-        max_queue_size=int(policy.max_queue_size),
-        default_timeout_us=int(policy.default_timeout_microseconds),
-        allow_timeout_override=bool(policy.allow_timeout_override),
-    )
+def _queue_policy(policy: QueuePolicySpec) -> QueuePolicy:
+    return QueuePolicy(max_queue_size=policy.max_queue_size, default_timeout_us=policy.default_timeout_us,
+                       allow_timeout_override=policy.allow_timeout_override)
 
 
-def limits_from_config(config: mc.ModelConfig) -> BatchLimits:
-    """Returns the batching limits a validated ModelConfig asks for."""
-    if not config.HasField("dynamic_batching"):
-        return BatchLimits(max_batch_size=config.max_batch_size, is_dynamic=False)
-    batching = config.dynamic_batching
-    levels = int(batching.priority_levels) or 1
+def limits_for(spec: ModelSpec) -> BatchLimits:
+    """Returns the batching limits a validated model config asks for."""
+    batching = spec.dynamic_batching
+    if batching is None:
+        return BatchLimits(max_batch_size=spec.max_batch_size, is_dynamic=False)
     return BatchLimits(
-        max_batch_size=config.max_batch_size,
+        max_batch_size=spec.max_batch_size,
         is_dynamic=True,
-        max_queue_delay_us=int(batching.max_queue_delay_microseconds),
-        preferred_batch_sizes=tuple(int(s) for s in batching.preferred_batch_size),
-        priority_levels=levels,
-        default_priority_level=int(batching.default_priority_level) or 1,
-        queue_policies={int(level): _queue_policy(p) for level, p in batching.priority_queue_policy.items()},
+        max_queue_delay_us=batching.max_queue_delay_us,
+        preferred_batch_sizes=batching.preferred_batch_sizes,
+        priority_levels=batching.priority_levels,
+        default_priority_level=batching.default_priority_level,
+        queue_policies={level: _queue_policy(policy) for level, policy in batching.priority_queue_policies},
         default_queue_policy=_queue_policy(batching.default_queue_policy),
-        is_delay_adaptive=_is_delay_adaptive(config),
+        is_delay_adaptive=_is_delay_adaptive(spec),
     )
 
 
-def _is_delay_adaptive(config: mc.ModelConfig) -> bool:
-    value = config.parameters[ADAPTIVE_DELAY_PARAMETER].string_value if \
-        ADAPTIVE_DELAY_PARAMETER in config.parameters else "on"
+def _is_delay_adaptive(spec: ModelSpec) -> bool:
+    value = spec.parameters.get(ADAPTIVE_DELAY_PARAMETER, "on")
     if value not in ("on", "off"):
-        logger.warning("model '%s': parameter %s is '%s', not 'on' or 'off'; using 'on'", config.name,
+        logger.warning("model '%s': parameter %s is '%s', not 'on' or 'off'; using 'on'", spec.name,
                        ADAPTIVE_DELAY_PARAMETER, value)
     return value != "off"

@@ -38,8 +38,7 @@ from infergate.models.config import CASCADE_PLATFORM, ModelSpec, TensorSpec, bui
 from infergate.models.errors import ConfigError, DeadlineExceeded, InferError, ModelUnavailable
 from infergate.models.repository import available_versions, config_tensor
 from infergate.proto import model_config_pb2 as mc
-from infergate.server.codec import DecodedRequest, ModelIO
-from infergate.server.dataplane import InferResult, InferTarget, ParameterValue
+from infergate.server.dataplane import DecodedRequest, InferResult, InferTarget, ModelIO, ParameterValue
 
 logger = logging.getLogger(__name__)
 

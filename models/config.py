@@ -46,6 +46,54 @@ class TensorSpec:
         return ([-1] if max_batch_size > 0 else []) + list(self.dims)
 
 
+@dataclass(frozen=True, slots=True)
+class QueuePolicySpec:
+    """Triton's ModelQueuePolicy: how many requests of a priority level may wait, and for how long."""
+
+    max_queue_size: int = 0  # 0 = unbounded
+    default_timeout_us: int = 0  # 0 = none
+    allow_timeout_override: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DynamicBatchingSpec:
+    """Triton's dynamic_batching, as the batcher reads it."""
+
+    max_queue_delay_us: int = 0
+    preferred_batch_sizes: tuple[int, ...] = ()
+    priority_levels: int = 1
+    default_priority_level: int = 1
+    default_queue_policy: QueuePolicySpec = QueuePolicySpec()
+    priority_queue_policies: tuple[tuple[int, QueuePolicySpec], ...] = ()  # (level, policy) for levels that differ
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceGroupSpec:
+    """One instance_group: how many instances, on what kind of device."""
+
+    count: int
+    kind: str  # "KIND_AUTO" (the default), "KIND_CPU", "KIND_GPU", ... as model_config.proto names them
+
+
+@dataclass(frozen=True, slots=True)
+class WarmupInputSpec:
+    """One input of a model_warmup entry."""
+
+    datatype: str  # protocol name
+    dims: tuple[int, ...]  # one row's shape
+    source: str  # "zero_data", "random_data" or "input_data_file", as model_config.proto names them
+
+
+@dataclass(frozen=True, slots=True)
+class WarmupSpec:
+    """One model_warmup entry: `count` runs of a batch of `batch_size` rows."""
+
+    name: str
+    batch_size: int
+    count: int
+    inputs: tuple[tuple[str, WarmupInputSpec], ...]
+
+
 @dataclass(slots=True)
 class ModelSpec:
     """A validated model config: what the repository, batcher and runtime need to know."""
@@ -55,12 +103,17 @@ class ModelSpec:
     max_batch_size: int
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
-    config: mc.ModelConfig  # the full proto, echoed by the ModelConfig RPC
+    # The full proto, only for the ModelConfig RPC to echo: batching/ and the runtimes read the fields below.
+    config: mc.ModelConfig
+
     parameters: dict[str, str] = field(default_factory=dict)
+    dynamic_batching: DynamicBatchingSpec | None = None  # None: no dynamic_batching, one request a batch
+    instance_groups: tuple[InstanceGroupSpec, ...] = ()
+    warmups: tuple[WarmupSpec, ...] = ()
 
     @property
     def instance_count(self) -> int:
-        return sum(max(group.count, 1) for group in self.config.instance_group) or 1
+        return sum(max(group.count, 1) for group in self.instance_groups) or 1
 
     @property
     def model_filename(self) -> str:
@@ -168,4 +221,39 @@ def build_spec(config: mc.ModelConfig, model_dir: Path) -> ModelSpec:
         outputs=tensor_specs(list(config.output), "output", config.name),
         config=config,
         parameters={key: value.string_value for key, value in config.parameters.items()},
+        dynamic_batching=_dynamic_batching(config) if config.HasField("dynamic_batching") else None,
+        instance_groups=tuple(InstanceGroupSpec(int(group.count), mc.ModelInstanceGroup.Kind.Name(group.kind))
+                              for group in config.instance_group),
+        warmups=tuple(_warmup(warmup) for warmup in config.model_warmup),
     )
+
+
+def _queue_policy(policy: mc.ModelQueuePolicy) -> QueuePolicySpec:
+    return QueuePolicySpec(int(policy.max_queue_size), int(policy.default_timeout_microseconds),
+                           bool(policy.allow_timeout_override))
+
+
+def _dynamic_batching(config: mc.ModelConfig) -> DynamicBatchingSpec:
+    batching = config.dynamic_batching
+    return DynamicBatchingSpec(
+        max_queue_delay_us=int(batching.max_queue_delay_microseconds),
+        preferred_batch_sizes=tuple(int(size) for size in batching.preferred_batch_size),
+        priority_levels=int(batching.priority_levels) or 1,
+        default_priority_level=int(batching.default_priority_level) or 1,
+        default_queue_policy=_queue_policy(batching.default_queue_policy),
+        priority_queue_policies=tuple(sorted((int(level), _queue_policy(policy))
+                                             for level, policy in batching.priority_queue_policy.items())),
+    )
+
+
+def _warmup(warmup: mc.ModelWarmup) -> WarmupSpec:
+    inputs = tuple((name, WarmupInputSpec(protocol_type(data.data_type), tuple(int(d) for d in data.dims),
+                                          data.WhichOneof("input_data_type") or "zero_data"))
+                   for name, data in warmup.inputs.items())
+    return WarmupSpec(warmup.name, int(warmup.batch_size), int(warmup.count), inputs)
+
+
+def protocol_type(data_type: int) -> str:
+    """The protocol name ("FP32", "BYTES") of a model_config.proto DataType value."""
+    name = mc.DataType.Name(data_type)  # type: ignore[arg-type]
+    return "BYTES" if name == "TYPE_STRING" else name.removeprefix("TYPE_")

@@ -97,20 +97,18 @@ def warmup_batches(spec: ModelSpec) -> list[tuple[dict[str, np.ndarray], int]]:
     model_warmup when configured, else one full batch of zeros."""
     batches = []
     rng = np.random.default_rng(0)
-    for warmup in spec.config.model_warmup:
+    for warmup in spec.warmups:
         rows = max(warmup.batch_size, 1)
         inputs = {}
-        for name, data in warmup.inputs.items():
-            datatype = _protocol_type(data.data_type)
-            dtype = NUMPY_DTYPES[datatype]
-            shape = ((rows,) if spec.max_batch_size > 0 else ()) + tuple(int(d) for d in data.dims)
-            source = data.WhichOneof("input_data_type")
-            if source == "random_data" and dtype.kind in "iuf":
+        for name, data in warmup.inputs:
+            dtype = NUMPY_DTYPES[data.datatype]
+            shape = ((rows,) if spec.max_batch_size > 0 else ()) + data.dims
+            if data.source == "random_data" and dtype.kind in "iuf":
                 inputs[name] = rng.random(shape).astype(dtype)
-            elif source == "input_data_file":
+            elif data.source == "input_data_file":
                 raise ConfigError(f"model '{spec.name}': model_warmup '{warmup.name}' input_data_file is not supported")
             else:
-                inputs[name] = zeros(shape, datatype)
+                inputs[name] = zeros(shape, data.datatype)
         batches.append((inputs, max(warmup.count, 1)))
     if batches or not spec.inputs:
         return batches
@@ -122,10 +120,6 @@ def warmup_batches(spec: ModelSpec) -> list[tuple[dict[str, np.ndarray], int]]:
         inputs[tensor.name] = zeros(shape, tensor.datatype)
     return [(inputs, DEFAULT_WARMUP_RUNS)]
 
-
-def _protocol_type(data_type: int) -> str:
-    name = mc.DataType.Name(data_type)
-    return "BYTES" if name == "TYPE_STRING" else name.removeprefix("TYPE_")
 
 
 def load_model(repo: Path, name: str) -> list[LoadedVersion]:

@@ -66,16 +66,12 @@ def create_runtime(spec: ModelSpec, model_path: Path) -> Runtime:
 
 def wants_gpu(spec: ModelSpec) -> bool:
     """True when the config's instance groups ask for a GPU (KIND_GPU), or allow one (KIND_AUTO)."""
-    from infergate.proto import model_config_pb2 as mc
-
-    kinds = {group.kind for group in spec.config.instance_group} or {mc.ModelInstanceGroup.KIND_AUTO}
-    return bool(kinds & {mc.ModelInstanceGroup.KIND_GPU, mc.ModelInstanceGroup.KIND_AUTO})
+    kinds = {group.kind for group in spec.instance_groups} or {"KIND_AUTO"}
+    return bool(kinds & {"KIND_GPU", "KIND_AUTO"})
 
 
 def requires_gpu(spec: ModelSpec) -> bool:
-    from infergate.proto import model_config_pb2 as mc
-
-    return any(group.kind == mc.ModelInstanceGroup.KIND_GPU for group in spec.config.instance_group)
+    return any(group.kind == "KIND_GPU" for group in spec.instance_groups)
 
 
 def check_signature(spec: ModelSpec, kind: str, declared: list[TensorSpec], actual: list[TensorSpec]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -20,6 +19,7 @@ from infergate.models.datatypes import (
 )
 from infergate.models.errors import InvalidInput, TooLarge
 from infergate.proto import grpc_service_pb2 as pb
+from infergate.server.dataplane import DecodedRequest, ModelIO
 from infergate.server.shared_memory import SharedMemoryRegions
 
 logger = logging.getLogger(__name__)
@@ -39,34 +39,6 @@ CONTENTS_DTYPES = {
     "uint_contents": np.dtype(np.uint32), "uint64_contents": np.dtype(np.uint64),
     "fp32_contents": np.dtype(np.float32), "fp64_contents": np.dtype(np.float64),
 }
-
-
-@dataclass(slots=True)
-class ModelIO:
-    """Per-model lookup tables for the request path, built once at load."""
-
-    spec: ModelSpec
-    inputs: dict[str, TensorSpec]
-    outputs: dict[str, TensorSpec]
-    output_names: list[str]
-    required_inputs: list[str]
-    expected: str = field(default="")  # "['INPUT0', ...]" for error messages
-
-    @classmethod
-    def of(cls, spec: ModelSpec) -> ModelIO:
-        inputs = {t.name: t for t in spec.inputs}
-        return cls(spec, inputs, {t.name: t for t in spec.outputs}, [t.name for t in spec.outputs],
-                   [t.name for t in spec.inputs if not t.optional], str(sorted(inputs)))
-
-
-@dataclass(slots=True)
-class DecodedRequest:
-    inputs: dict[str, np.ndarray]
-    rows: int  # batch size of this request (1 for a model that does not batch)
-    output_names: list[str]
-    priority: int
-    timeout_us: int
-    output_regions: dict[str, tuple[str, int, int]]  # output -> (shared memory region, offset, byte_size)
 
 
 def _param_int(request: pb.ModelInferRequest, key: str) -> int:

@@ -10,8 +10,36 @@ import numpy as np
 
 from infergate.batching.batcher import Timings
 from infergate.batching.stats import ModelStats
-from infergate.models.config import ModelSpec
-from infergate.server.codec import DecodedRequest, ModelIO
+from infergate.models.config import ModelSpec, TensorSpec
+
+
+@dataclass(slots=True)
+class ModelIO:
+    """Per-model lookup tables for the request path, built once at load."""
+
+    spec: ModelSpec
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, TensorSpec]
+    output_names: list[str]
+    required_inputs: list[str]
+    expected: str = field(default="")  # "['INPUT0', ...]" for error messages
+
+    @classmethod
+    def of(cls, spec: ModelSpec) -> ModelIO:
+        inputs = {t.name: t for t in spec.inputs}
+        return cls(spec, inputs, {t.name: t for t in spec.outputs}, [t.name for t in spec.outputs],
+                   [t.name for t in spec.inputs if not t.optional], str(sorted(inputs)))
+
+
+@dataclass(slots=True)
+class DecodedRequest:
+    inputs: dict[str, np.ndarray]
+    rows: int  # batch size of this request (1 for a model that does not batch)
+    output_names: list[str]
+    priority: int
+    timeout_us: int
+    output_regions: dict[str, tuple[str, int, int]]  # output -> (shared memory region, offset, byte_size)
+
 
 # Response parameter values: what InferParameter's string_param and int64_param carry.
 ParameterValue = str | int

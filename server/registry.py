@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
 from infergate.batching.batcher import DynamicBatcher
-from infergate.batching.limits import limits_from_config
+from infergate.batching.limits import limits_for
 from infergate.batching.stats import ModelStats
 from infergate.models.config import CASCADE_PLATFORM, ModelSpec, read_config
 from infergate.models.errors import InferError, ModelNotFound, ModelUnavailable, NotAllowed
 from infergate.models.repository import LoadedVersion, list_models, load_model
-from infergate.server.codec import DecodedRequest, ModelIO
-from infergate.server.dataplane import InferResult, InferTarget
+from infergate.server.dataplane import DecodedRequest, InferResult, InferTarget, ModelIO
 
 if TYPE_CHECKING:
     from infergate.cascade.serving import CascadeModel
@@ -235,7 +234,7 @@ def _serve(loaded: LoadedVersion) -> ServedModel:
         return runtime.predict(inputs, output_names)
 
     features = loaded.features
-    batcher = DynamicBatcher(spec.name, limits_from_config(spec.config), execute, executor,
+    batcher = DynamicBatcher(spec.name, limits_for(spec), execute, executor,
                              instance_count=spec.instance_count, stats=stats, is_inline=_is_inline(loaded),
                              assemble=features.assemble if features is not None else None)
     return ServedModel(loaded, ModelIO.of(spec), batcher, stats, executor)
