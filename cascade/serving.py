@@ -332,6 +332,9 @@ def _check_spec(spec: ModelSpec, config: CascadeConfig, targets: list[InferTarge
         spec.outputs = expected_outputs
         spec.config.output.extend(config_tensor(mc.ModelOutput(), t) for t in expected_outputs)
     smallest = min(targets, key=lambda t: t.spec.max_batch_size)
+    if smallest.spec.max_batch_size <= 0:
+        raise ConfigError(f"model '{spec.name}': stage '{smallest.name}' does not batch (max_batch_size "
+                          f"{smallest.spec.max_batch_size}), expected stages that batch: a cascade routes rows")
     if not 0 < spec.max_batch_size <= smallest.spec.max_batch_size:
         raise ConfigError(f"model '{spec.name}': max_batch_size is {spec.max_batch_size}, expected 1.."
                           f"{smallest.spec.max_batch_size} (stage '{smallest.name}' takes at most that many rows, "
