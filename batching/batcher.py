@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from infergate.batching.faults import plan_after_failure
 from infergate.batching.policy import WAIT_FOR_ARRIVAL, BatchDecision, BatchLimits, decide, effective_timeout_us
 from infergate.batching.timer import LOOP_TIMER_MIN_US, PRECISE_TIMER, TimerHandle
 from infergate.models.errors import DeadlineExceeded, InferError, InvalidInput, ModelUnavailable, QueueFull
@@ -54,6 +55,14 @@ class QueuedRequest:
     future: asyncio.Future[Tensors]
     deadline_ns: int  # absolute monotonic deadline; 0 = none
     timings: Timings = field(default_factory=Timings)
+
+
+@dataclass(slots=True, eq=False)
+class BatchRun:
+    """What running one formed batch produced (in an executor thread, handed to the loop)."""
+
+    results: list[Tensors | Exception]  # one per request, in batch order: its outputs or its own error
+    executions: list[tuple[int, list[int]]]  # (rows, indexes into the batch) of each execution with outputs
 
 
 class Stats:
@@ -264,31 +273,60 @@ class DynamicBatcher:
         for request in batch:
             request.timings.dispatched_ns = now_ns
         if self._is_inline:
-            self._complete(batch, rows, self._run_batch(batch, rows))
+            self._complete(batch, self._run_batch(batch, rows))
             return
         run = self._loop.run_in_executor(self._executor, self._run_batch, batch, rows)
         self._in_flight.add(run)
-        run.add_done_callback(lambda done: self._finish(batch, rows, done))
+        run.add_done_callback(lambda done: self._finish(batch, done))
 
-    def _run_batch(self, batch: list[QueuedRequest], rows: int) -> list[Tensors | Exception]:
-        """In an executor thread: assemble, execute, split. A failing batch is retried
-        request by request so one bad request cannot fail the others."""
-        try:
-            return self._execute_and_split(batch, rows)
-        except Exception as exc:
-            if len(batch) == 1:
-                return [exc]
-            logger.warning("model '%s': batch of %d requests failed (%s); retrying one by one",
-                           self.model, len(batch), exc)
-            results: list[Tensors | Exception] = []
-            for request in batch:
-                try:
-                    results.extend(self._execute_and_split([request], request.rows))
-                except Exception as single_exc:
-                    results.append(single_exc)
-            return results
+    def _run_batch(self, batch: list[QueuedRequest], rows: int) -> BatchRun:
+        """In an executor thread: assemble, execute, split. A batch that fails at a row fails only the
+        request that sent it and runs once more without it; a failure that names no row is retried
+        request by request. Either way each request sees only its own error."""
+        missing = InferError(f"internal error: model '{self.model}' produced no result for the request")
+        run = BatchRun([missing] * len(batch), [])
+        pending = list(range(len(batch)))  # indexes into batch still without a result
+        # Each failure at a row removes one request, so this runs at most once per request.
+        while pending:
+            part = [batch[i] for i in pending]
+            part_rows = rows if len(part) == len(batch) else sum(r.rows for r in part)
+            try:
+                results = self._execute_and_split(part, part_rows)
+            except Exception as exc:
+                plan = plan_after_failure(self.model, [r.rows for r in part], exc)
+                if plan is None:
+                    self._retry_alone(batch, pending, exc, run)
+                    return run
+                failed = pending[plan.failed]
+                logger.warning("model '%s': batch of %d requests (%d rows) failed at row %d, in request %d "
+                               "(its row %d); running the other %d again", self.model, len(part), part_rows,
+                               plan.batch_row, plan.failed, plan.error.row, len(plan.rerun))
+                run.results[failed] = plan.error
+                pending = [pending[i] for i in plan.rerun]
+                continue
+            for index, result in zip(pending, results):
+                run.results[index] = result
+            run.executions.append((part_rows, pending))
+            return run
+        return run
 
-    def _execute_and_split(self, batch: list[QueuedRequest], rows: int) -> list[Tensors | Exception]:
+    def _retry_alone(self, batch: list[QueuedRequest], pending: list[int], exc: Exception, run: BatchRun) -> None:
+        """Runs each pending request on its own after a failure that blames none of them."""
+        if len(pending) == 1:
+            run.results[pending[0]] = exc
+            return
+        logger.warning("model '%s': batch of %d requests failed (%s); retrying one by one",
+                       self.model, len(pending), exc)
+        for index in pending:
+            request = batch[index]
+            try:
+                run.results[index] = self._execute_and_split([request], request.rows)[0]
+            except Exception as single_exc:
+                run.results[index] = single_exc
+                continue
+            run.executions.append((request.rows, [index]))
+
+    def _execute_and_split(self, batch: list[QueuedRequest], rows: int) -> list[Tensors]:
         clock_ns = self._clock_ns
         transform_start_ns = transform_end_ns = 0
         if self._assemble is not None:
@@ -311,7 +349,7 @@ class DynamicBatcher:
             timings.transform_start_ns, timings.transform_end_ns = transform_start_ns, transform_end_ns
             timings.done_ns = compute_end_ns
             return [dict(outputs)]
-        results: list[Tensors | Exception] = []
+        results: list[Tensors] = []
         offset = 0
         for request in batch:
             end = offset + request.rows
@@ -333,30 +371,35 @@ class DynamicBatcher:
             request.timings.done_ns = done_ns
         return results
 
-    def _finish(self, batch: list[QueuedRequest], rows: int, run: asyncio.Future[list[Tensors | Exception]]) -> None:
+    def _finish(self, batch: list[QueuedRequest], run: asyncio.Future[BatchRun]) -> None:
         self._in_flight.discard(run)
-        exc = run.exception() if not run.cancelled() else InferError("batch execution was cancelled")
-        if exc is not None:
-            results: list[Tensors | Exception] = [exc] * len(batch)  # type: ignore[list-item]
+        if run.cancelled() or run.exception() is not None:
+            if not run.cancelled():
+                logger.error("model '%s': running a batch of %d requests failed", self.model, len(batch),
+                             exc_info=run.exception())
+            # Not the exception's text: it may come from any request of the batch.
+            error = InferError(f"internal error while running a batch of model '{self.model}'")
+            self._complete(batch, BatchRun([error] * len(batch), []))
         else:
-            results = run.result()
-        self._complete(batch, rows, results)
+            self._complete(batch, run.result())
         self._schedule()
 
-    def _complete(self, batch: list[QueuedRequest], rows: int, results: list[Tensors | Exception]) -> None:
-        """Frees the instance and hands each request its result."""
+    def _complete(self, batch: list[QueuedRequest], run: BatchRun) -> None:
+        """Frees the instance, hands each request its result, and records each execution that produced outputs."""
         self._free_instances += 1
-        succeeded = []
-        for request, result in zip(batch, results):
+        delivered = set()
+        for index, (request, result) in enumerate(zip(batch, run.results)):
             if request.future.done():
                 continue
             if isinstance(result, Exception):
                 request.future.set_exception(_as_infer_error(self.model, result))
             else:
                 request.future.set_result(result)
-                succeeded.append(request)
-        if succeeded:
-            self._stats.batch_done(rows, succeeded)
+                delivered.add(index)
+        for execution_rows, indexes in run.executions:
+            succeeded = [batch[i] for i in indexes if i in delivered]
+            if succeeded:
+                self._stats.batch_done(execution_rows, succeeded)
 
     # -- lifecycle --------------------------------------------------------------------------
 

@@ -36,6 +36,17 @@ class InvalidInput(InferError):
     status = Status.INVALID_ARGUMENT
 
 
+class RowError(InvalidInput):
+    """A value in one row of an assembled batch that the model rejects; the batcher fails only the
+    request that sent the row, with the error rebuilt at that request's own row (batching/faults.py)."""
+
+    def __init__(self, where: str, row: int, cause: Exception) -> None:
+        self.where = where  # what rejected it, e.g. "model 'm' input 'dense'"
+        self.row = row  # in the batch the error was raised on
+        self.cause = cause  # why, naming the same row (a kernels error keeps its fields as attributes)
+        super().__init__(f"{where}: {cause}")
+
+
 class ModelNotFound(InferError):
     status = Status.NOT_FOUND
 

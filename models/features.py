@@ -28,7 +28,7 @@ from infergate.kernels import KernelError, Pipeline, TokenHasher, from_config
 from infergate.kernels.pipeline import PIPELINE_FILENAME
 from infergate.models.config import ModelSpec, TensorSpec
 from infergate.models.datatypes import NUMPY_DTYPES, zeros
-from infergate.models.errors import ConfigError, InvalidInput
+from infergate.models.errors import ConfigError, InvalidInput, RowError
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,12 @@ class FeatureStage:
                 return source.transform.transform(_concat(values))
             return source.transform.transform(_token_rows(values))
         except KernelError as exc:
-            raise InvalidInput(f"model '{self.model}' input '{source.raw.name}': {exc.message}") from None
+            where = f"model '{self.model}' input '{source.raw.name}'"
+            row = getattr(exc, "row", None)
+            if isinstance(row, int):
+                # The batcher maps the row back to the one request that sent it.
+                raise RowError(where, row, exc) from None
+            raise InvalidInput(f"{where}: {exc.message}") from None
 
     def warm_up(self, rows: int) -> float:
         """Compiles and runs every transform once, then times a full batch of zeros: the fastest of
