@@ -181,3 +181,25 @@ dynamic_batching { max_queue_delay_microseconds: 1000 }
     write(root / "missing_file/config.pbtxt", 'platform: "onnxruntime_onnx"\nmax_batch_size: 1\n')
     (root / "missing_file/1").mkdir(parents=True, exist_ok=True)
     return root
+
+
+def nan_rejecting(root: Path, name: str, n_in: int = 4, max_batch_size: int = 12,
+                  max_queue_delay_us: int = 10_000_000) -> tuple[np.ndarray, np.ndarray]:
+    """A fault-injection model: a classifier behind a declared feature pipeline that standardizes INPUT0
+    with no imputer, so a NaN in any row is rejected at that row of the batch (NonFiniteOutputError).
+
+    Batches go only when full (or after `max_queue_delay_us`; the adaptive delay is off), so concurrent
+    requests that add up to max_batch_size rows form one batch. Returns the pipeline's (mean, scale)."""
+    from infergate import kernels
+
+    mean, scale = np.linspace(-1.0, 1.0, n_in), np.linspace(0.5, 2.0, n_in)
+    classifier(root / f"{name}/1/model.onnx", n_in=n_in)
+    write(root / f"{name}/config.pbtxt", f"""
+platform: "onnxruntime_onnx"
+max_batch_size: {max_batch_size}
+dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us} }}
+parameters {{ key: "adaptive_queue_delay" value: {{ string_value: "off" }} }}
+""")
+    standardize = kernels.Standardize(tuple(range(n_in)), mean=tuple(mean), scale=tuple(scale))
+    kernels.Pipeline([standardize], n_in).save(root / name)
+    return mean, scale
