@@ -373,10 +373,11 @@ class DynamicBatcher:
 
     def _finish(self, batch: list[QueuedRequest], run: asyncio.Future[BatchRun]) -> None:
         self._in_flight.discard(run)
-        if run.cancelled() or run.exception() is not None:
-            if not run.cancelled():
-                logger.error("model '%s': running a batch of %d requests failed", self.model, len(batch),
-                             exc_info=run.exception())
+        if run.cancelled():
+            self._complete(batch, BatchRun([InferError("batch execution was cancelled")] * len(batch), []))
+        elif run.exception() is not None:
+            logger.error("model '%s': running a batch of %d requests failed", self.model, len(batch),
+                         exc_info=run.exception())
             # Not the exception's text: it may come from any request of the batch.
             error = InferError(f"internal error while running a batch of model '{self.model}'")
             self._complete(batch, BatchRun([error] * len(batch), []))
