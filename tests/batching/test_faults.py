@@ -238,3 +238,17 @@ def test_a_batcher_fault_gives_no_request_another_requests_text(executor: Thread
         assert [o.message for o in outcomes] == ["internal error while running a batch of model 'm'"] * 2
 
     asyncio.run(run())
+
+
+def test_a_rerun_that_fails_without_a_row_retries_only_the_requests_left(executor: ThreadPoolExecutor) -> None:
+    async def run() -> None:
+        model = FaultModel()
+        batcher = DynamicBatcher("m", BatchLimits(max_batch_size=16), model, executor)
+        requests = [_rows(POISON), _rows(np.nan, 5), _rows(3)]
+        poisoned, bad, good = await _outcomes(await _submit_behind_a_blocker(batcher, model, requests))
+        assert isinstance(poisoned, RowError) and poisoned.row == 0
+        assert bad.message == "model 'm' failed to execute: ValueError: NaN next to 5.0"
+        assert good["Y"][0, 0] == 6
+        assert model.executions == [1, 4, 3, 2, 1]  # the blocker, the batch, the rerun, then the two alone
+
+    asyncio.run(run())
