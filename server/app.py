@@ -19,6 +19,7 @@ from infergate.server.addresses import (
     parse_address,
     reserve,
 )
+from infergate.server.draining import second_signal_exit_status
 from infergate.server.registry import ModelRegistry
 from infergate.server.service import InferenceService
 from infergate.server.telemetry.hub import Telemetry
@@ -44,6 +45,7 @@ class ServerOptions:
     load_models: tuple[str, ...] = ()  # in explicit mode, models to load at start ("*" = all)
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     exit_timeout_s: float = 30.0  # how long shutdown waits for in-flight requests
+    shutdown_delay_s: float = 0.0  # on SIGTERM/SIGINT, how long to keep serving while health says NOT_SERVING
     workers: int = 1  # gRPC front-end processes; 1 serves gRPC in this process
     transport: str = "native"  # in-process gRPC: "native" (server/http2.py) or "grpcio"
     loop: str = "auto"  # event loop of the worker processes (see server/loop.py)
@@ -162,12 +164,18 @@ class InferenceServer:
         if isinstance(self.transport, WorkerPool):
             self.transport.reload_tokens()
 
-    async def stop(self) -> None:
-        """Stops accepting, drains in-flight requests under exit_timeout_s, cancels the rest."""
+    async def withdraw(self) -> None:
+        """Shutdown's first step: ServerReady false and health NOT_SERVING for good, calls still served."""
         self.service.is_started = False
         self.service.on_readiness = None
         if self.transport is not None:
             await self.transport.set_serving(False)
+
+    async def stop(self) -> None:
+        """Withdraws, refuses new calls with UNAVAILABLE, drains in-flight ones under exit_timeout_s, cancels
+        the rest."""
+        await self.withdraw()
+        if self.transport is not None:
             await self.transport.stop(self.options.exit_timeout_s)
         for reservation in (self._grpc, self._metrics):
             if reservation is not None:
@@ -180,12 +188,32 @@ class InferenceServer:
         """Runs until SIGINT/SIGTERM."""
         loop = asyncio.get_running_loop()
         for sig in HANDLED_SIGNALS:
-            loop.add_signal_handler(sig, self._should_exit.set)
+            loop.add_signal_handler(sig, self._on_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self.reload_tokens)
         await self.start()
         await self._should_exit.wait()
-        logger.info("shutting down (waiting up to %.0f s for in-flight requests)", self.options.exit_timeout_s)
+        await self.withdraw()
+        delay_s = self.options.shutdown_delay_s
+        if delay_s > 0:
+            # Load balancers poll health: they need time to see NOT_SERVING and send traffic elsewhere.
+            logger.info("health NOT_SERVING; still serving for --shutdown-delay-s %g before draining", delay_s)
+            await asyncio.sleep(delay_s)
+        logger.info("shutting down: refusing new calls, waiting up to %g s for in-flight requests "
+                    "(a second SIGTERM/SIGINT exits at once)", self.options.exit_timeout_s)
         await self.stop()
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        """The first SIGTERM/SIGINT starts the graceful shutdown; a second one during it exits at once."""
+        if not self._should_exit.is_set():
+            self._should_exit.set()
+            return
+        status = second_signal_exit_status(sig)
+        logger.warning("second %s during shutdown: exiting at once with status %d; calls in flight are dropped",
+                       sig.name, status)
+        if isinstance(self.transport, WorkerPool):
+            self.transport.kill()
+        logging.shutdown()  # flushes the log: os._exit skips every other clean-up, on purpose
+        os._exit(status)
 
 
 def _parsed(text: str, flag: str, *, allow_unix: bool) -> Address:

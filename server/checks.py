@@ -50,7 +50,8 @@ def serve_flag_errors(args: argparse.Namespace) -> list[str]:
         value = getattr(args, dest, None)
         if value is not None and not lowest <= value <= highest:
             errors.append(f"{flag_name(dest)} {value}: expected {lowest}..{highest} {unit}")
-    for dest, expected in (("exit_timeout_s", "a number of seconds >= 0"), ("trace_sampling_ratio", "0..1"),
+    for dest, expected in (("exit_timeout_s", "a number of seconds >= 0"),
+                           ("shutdown_delay_s", "a number of seconds >= 0"), ("trace_sampling_ratio", "0..1"),
                            ("drift_psi_threshold", "a number >= 0")):
         value = getattr(args, dest)
         ceiling = 1.0 if dest == "trace_sampling_ratio" else math.inf

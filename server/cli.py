@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="largest gRPC request or response accepted, in bytes")
     serve.add_argument("--exit-timeout-s", type=float, default=30.0, metavar="S",
                        help="on SIGTERM/SIGINT, how long to wait for in-flight requests")
+    serve.add_argument("--shutdown-delay-s", type=float, default=0.0, metavar="S",
+                       help="on SIGTERM/SIGINT, how long to keep serving with health NOT_SERVING before refusing "
+                            "new calls, so load balancers notice (a pre-stop pause; Triton has no such flag)")
     serve.add_argument("--workers", type=_positive_int, default=1, metavar="N",
                        help="gRPC front-end processes. 1 serves gRPC in this process; N > 1 starts N processes "
                             "that share the TCP port and forward to this one, which keeps the models, batchers "
@@ -177,6 +180,7 @@ def _serve(args: argparse.Namespace) -> int:
         load_models=tuple(args.load_model),
         max_message_bytes=args.max_message_bytes,
         exit_timeout_s=args.exit_timeout_s,
+        shutdown_delay_s=args.shutdown_delay_s,
         workers=args.workers,
         transport=args.transport,
         loop=args.loop,

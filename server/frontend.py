@@ -25,7 +25,7 @@ from infergate.server.health import HealthState
 from infergate.server.loop import LOOPS, in_request_order, run_on_loop
 from infergate.server.protocol import METHOD_NAMES, SERVICE_NAME
 from infergate.server.transports.edge import edge_from_environment
-from infergate.server.transports.grpcio import bind, grpc_server
+from infergate.server.transports.grpcio import DrainInterceptor, bind, drain, grpc_server
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,8 @@ async def serve(index: int, engine: str, grpc_address: str, exit_timeout_s: floa
     _, link = await loop.create_unix_connection(EngineLink, sock=ipc.connect(engine))
     health = HealthState()  # each worker answers health itself: what the engine says, NOT_SERVING as it stops
     link.on_health = health.set_serving
-    server = grpc_server(edge, forwarding_handler(link), health, is_port_shared=True)
+    draining = DrainInterceptor()
+    server = grpc_server(edge, forwarding_handler(link), health, is_port_shared=True, draining=draining)
     try:
         bind(server, grpc_address, edge)
     except OSError as exc:
@@ -142,8 +143,10 @@ async def serve(index: int, engine: str, grpc_address: str, exit_timeout_s: floa
     link.send(ipc.HELLO, 0, f"{index} {os.getpid()}".encode())  # the engine answers with the health to serve
 
     should_exit = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, should_exit.set)
+    # The engine alone decides when to drain (after its --shutdown-delay-s) and says so with SIGTERM; a
+    # terminal's Ctrl-C reaches the whole process group, and must not make workers refuse calls early.
+    loop.add_signal_handler(signal.SIGINT, lambda: None)
+    loop.add_signal_handler(signal.SIGTERM, should_exit.set)
     stopping = asyncio.ensure_future(should_exit.wait())
     done, _ = await asyncio.wait((stopping, link.closed), return_when=asyncio.FIRST_COMPLETED)
     is_engine_gone = link.closed in done
@@ -153,7 +156,9 @@ async def serve(index: int, engine: str, grpc_address: str, exit_timeout_s: floa
         logger.error("worker %d: the engine process has gone; exiting", index)
         await server.stop(0)
         return 1
-    await server.stop(exit_timeout_s)
+    logger.info("worker %d: draining: refusing new calls, waiting up to %g s for those in flight", index,
+                exit_timeout_s)
+    await drain(server, draining, exit_timeout_s)  # the engine still answers what is forwarded meanwhile
     return 0
 
 

@@ -195,6 +195,12 @@ class WorkerPool:
             if process.poll() is None:
                 process.send_signal(signal.SIGHUP)
 
+    def kill(self) -> None:
+        """A second shutdown signal: every worker ends now, its calls with it."""
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.kill()
+
     async def stop(self, grace_s: float) -> None:
         """Asks every worker to drain and exit (they keep forwarding meanwhile), then closes the socket."""
         self.is_stopping = True

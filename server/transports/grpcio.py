@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from infergate.models.errors import InferError
-from infergate.server.access import AccessInterceptor
+from infergate.server.access import AccessInterceptor, _refusing_handler
+from infergate.server.draining import DRAINING_MESSAGE, is_refused_while_draining
 from infergate.server.errors import code_of
 from infergate.server.health import HEALTH_SERVICE, HealthState
 from infergate.server.reflection import V1_SERVICE_NAME, reflection_servicer
@@ -21,11 +23,81 @@ from infergate.server.transports.h2_limits import Http2Limits
 
 logger = logging.getLogger(__name__)
 
-def grpc_server(edge: Edge, handler: grpc.GenericRpcHandler, health: HealthState, *,
-                is_port_shared: bool) -> grpc.aio.Server:
-    """A grpc.aio server with the edge's limits and access policy, the service handler, health and reflection."""
+
+class DrainInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Counts the inference calls running, and once draining refuses new ones with UNAVAILABLE.
+
+    grpcio's own stop() closes the listener at once, so a new call would get a refused connection and no
+    reason; this lets the server keep listening and say why while the calls in flight finish."""
+
+    def __init__(self) -> None:
+        self.is_draining = False
+        self.in_flight = 0
+        self.idle = asyncio.Event()  # set while no inference call runs
+        self.idle.set()
+
+    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
+                                handler_call_details: Any) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None or not is_refused_while_draining(handler_call_details.method):
+            return handler
+        if self.is_draining:
+            return _refusing_handler(handler, grpc.StatusCode.UNAVAILABLE, DRAINING_MESSAGE)
+        return self._counted(handler)
+
+    def _counted(self, handler: Any) -> Any:
+        """The handler, counted from when its behaviour starts (a call that never starts must not hold the drain)."""
+        codec = dict(request_deserializer=handler.request_deserializer,
+                     response_serializer=handler.response_serializer)
+        if handler.request_streaming and handler.response_streaming:
+            async def stream(requests: Any, context: Any) -> AsyncIterator[Any]:
+                self._enter()
+                try:
+                    async for response in handler.stream_stream(requests, context):
+                        yield response
+                finally:
+                    self._leave()
+
+            return grpc.stream_stream_rpc_method_handler(stream, **codec)
+
+        async def unary(request: Any, context: Any) -> Any:
+            self._enter()
+            try:
+                return await handler.unary_unary(request, context)
+            finally:
+                self._leave()
+
+        return grpc.unary_unary_rpc_method_handler(unary, **codec)  # the service has no other shapes
+
+    def _enter(self) -> None:
+        self.in_flight += 1
+        self.idle.clear()
+
+    def _leave(self) -> None:
+        self.in_flight -= 1
+        if not self.in_flight:
+            self.idle.set()
+
+
+async def drain(server: grpc.aio.Server, draining: DrainInterceptor, grace_s: float) -> None:
+    """Refuses new calls, waits up to grace_s for those in flight, then stops grpcio with what is left of it."""
+    draining.is_draining = True
+    deadline_s = time.monotonic() + grace_s
+    try:
+        await asyncio.wait_for(draining.idle.wait(), grace_s)
+    except asyncio.TimeoutError:
+        logger.warning("%d calls still running after --exit-timeout-s %g; cancelling them",
+                       draining.in_flight, grace_s)
+    await server.stop(max(0.0, deadline_s - time.monotonic()))
+
+
+def grpc_server(edge: Edge, handler: grpc.GenericRpcHandler, health: HealthState, *, is_port_shared: bool,
+                draining: DrainInterceptor | None = None) -> grpc.aio.Server:
+    """A grpc.aio server with the edge's limits and access policy, the service handler, health and reflection;
+    with `draining`, drain() can stop it gracefully."""
+    interceptors = () if edge.access.is_open else (AccessInterceptor(edge.access),)
     server = grpc.aio.server(
-        interceptors=() if edge.access.is_open else (AccessInterceptor(edge.access),),
+        interceptors=interceptors + ((draining,) if draining is not None else ()),
         options=[
             ("grpc.max_receive_message_length", edge.max_message_bytes),
             ("grpc.max_send_message_length", edge.max_message_bytes),
@@ -111,7 +183,8 @@ class GrpcioTransport:
 
     def __init__(self, edge: Edge, handler: grpc.GenericRpcHandler) -> None:
         self.health = HealthState()
-        self.server = grpc_server(edge, handler, self.health, is_port_shared=False)
+        self.draining = DrainInterceptor()
+        self.server = grpc_server(edge, handler, self.health, is_port_shared=False, draining=self.draining)
         self.edge = edge
 
     async def start(self, address: str) -> int:
@@ -124,5 +197,5 @@ class GrpcioTransport:
 
     async def stop(self, grace_s: float) -> None:
         self.health.end()
-        await self.server.stop(grace_s)
+        await drain(self.server, self.draining, grace_s)
 

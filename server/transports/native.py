@@ -22,6 +22,7 @@ from typing import Any, Protocol, cast
 import grpc
 
 from infergate.server.calls import Aborted, ForwardedContext, status_for
+from infergate.server.draining import DRAINING_MESSAGE, is_refused_while_draining
 from infergate.server.ipc import FrameWriter
 from infergate.server.metrics import HTTP2_GOAWAYS
 from infergate.server.transports.h2_limits import DEFAULT_LIMITS, Http2Limits
@@ -310,6 +311,10 @@ class Http2Connection(H2ServerConnection, asyncio.Protocol):
                 return
         if stream.route is _NO_ROUTE:
             self.finish(stream, UNIMPLEMENTED, f"method {path.decode('latin-1')} is not served here")
+            return
+        if self.server.is_draining and is_refused_while_draining(path.decode("latin-1")):
+            # A call on a connection opened during the drain (the GOAWAY'd ones refuse new streams).
+            self.finish(stream, UNAVAILABLE, DRAINING_MESSAGE)
             return
         if timeout_s >= 0:
             stream.timer = self._loop.call_later(timeout_s, self._deadline_passed, stream)
@@ -662,6 +667,7 @@ class Http2Server:
         self.ssl_context = ssl_context
         self.access = access
         self.connections: set[Http2Connection] = set()
+        self.is_draining = False  # stop() began: new calls get UNAVAILABLE while the listener stays open
         self.goaways: collections.Counter[str] = collections.Counter()  # GOAWAYs sent, by reason
         self.refused_connections = 0
         # One whole largest message must fit in the connection's window, or it could never arrive.
@@ -721,15 +727,21 @@ class Http2Server:
                                  f"closing an HTTP/2 connection ({reason}): {message}")
 
     async def stop(self, grace_s: float) -> None:
-        """Stops accepting, lets calls in flight finish for grace_s, then cancels what is left."""
-        if self._server is not None:
-            self._server.close()
+        """Drains: GOAWAY (last stream: the highest processed) to every connection, calls in flight finish for
+        grace_s, and the listener stays open meanwhile so a new call gets UNAVAILABLE with a reason rather
+        than a refused connection; then cancels what is left and stops listening."""
+        self.is_draining = True
         drained = [connection.go_away_gracefully() for connection in list(self.connections)]
         if drained:
-            _, late = await asyncio.wait(drained, timeout=grace_s)
-            for connection in list(self.connections):
-                for stream in list(connection.streams.values()):
-                    connection.finish(cast(Stream, stream), UNAVAILABLE, "the server is shutting down")
+            await asyncio.wait(drained, timeout=grace_s)
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self.connections):
+            for stream in list(connection.streams.values()):
+                connection.finish(cast(Stream, stream), UNAVAILABLE, DRAINING_MESSAGE)
+            if connection.is_going_away:
                 connection.close_transport()
+            else:  # opened during the drain
+                connection.go_away(NO_ERROR, DRAINING_MESSAGE, "shutdown")
         if self._server is not None:
             await self._server.wait_closed()
