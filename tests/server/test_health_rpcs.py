@@ -76,6 +76,8 @@ def test_watch_needs_no_token_and_sees_not_serving_on_sigterm(test_repository: P
             for watch in watches:
                 assert [reply.status for reply in watch] == [NOT_SERVING]
                 assert watch.code() == grpc.StatusCode.OK
+            # The drain after the Watch ends takes a moment; stop() now would be a second SIGTERM (exit at once).
+            server.process.wait(30)
     finally:
         code = server.stop()
     assert code == 0
