@@ -733,7 +733,10 @@ class Http2Server:
         self.is_draining = True
         drained = [connection.go_away_gracefully() for connection in list(self.connections)]
         if drained:
-            await asyncio.wait(drained, timeout=grace_s)
+            _, late = await asyncio.wait(drained, timeout=grace_s)
+            if late:
+                logger.warning("%d connections still have calls after --exit-timeout-s %g; ending them with "
+                               "UNAVAILABLE", len(late), grace_s)
         if self._server is not None:
             self._server.close()
         for connection in list(self.connections):

@@ -62,6 +62,19 @@ def _infer(address: str, x: np.ndarray, client: grpcclient.InferenceServerClient
     return client.infer("slow", [tensor]).as_numpy("OUTPUT0")  # type: ignore[no-any-return]
 
 
+def _open_stream(address: str) -> tuple[grpcclient.InferenceServerClient, list[object]]:
+    """A ModelStreamInfer left open after its first answer: a call in flight that holds the drain open until
+    --exit-timeout-s. The list gets each answer or error as it comes."""
+    answered: list[object] = []
+    client = grpcclient.InferenceServerClient(address)
+    client.start_stream(lambda result, error: answered.append(error or result))
+    tensor = grpcclient.InferInput("INPUT0", [1, WIDTH], "FP32")
+    tensor.set_data_from_numpy(np.ones((1, WIDTH), np.float32))
+    client.async_stream_infer("slow", [tensor])
+    _wait_for(lambda: bool(answered), "the stream's first answer")
+    return client, answered
+
+
 def _health(address: str) -> int:
     with grpc.insecure_channel(address) as channel:
         return int(health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status)
@@ -164,14 +177,7 @@ def test_a_second_signal_exits_at_once(slow_repository: Path, case: tuple[str, .
     delay_s = EXIT_TIMEOUT_S if phase == "pause" else 0.0
     server = _serve(slow_repository, case, "--shutdown-delay-s", str(delay_s))
     port = int(server.address.rpartition(":")[2])
-    answered: list[object] = []
-    streaming = grpcclient.InferenceServerClient(server.address)
-    # An open ModelStreamInfer is a call in flight: it holds the drain open until --exit-timeout-s.
-    streaming.start_stream(lambda result, error: answered.append(error or result))
-    tensor = grpcclient.InferInput("INPUT0", [1, WIDTH], "FP32")
-    tensor.set_data_from_numpy(np.ones((1, WIDTH), np.float32))
-    streaming.async_stream_infer("slow", [tensor])
-    _wait_for(lambda: bool(answered), "the stream's first answer")
+    streaming, answered = _open_stream(server.address)
     server.process.send_signal(signal.SIGTERM)
     if phase == "pause":
         _wait_for(_logged(server, "still serving for --shutdown-delay-s"), "the pause")
@@ -187,6 +193,26 @@ def test_a_second_signal_exits_at_once(slow_repository: Path, case: tuple[str, .
     assert _logged(server, "second SIGTERM during shutdown: exiting at once with status 143")()
     with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=5):
         pass  # nothing listens: with --workers, they were killed too
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_a_call_past_the_exit_timeout_gets_unavailable_and_the_exit_is_clean(slow_repository: Path,
+                                                                             case: tuple[str, ...]) -> None:
+    exit_timeout_s = 0.5
+    server = _serve(slow_repository, case, "--exit-timeout-s", str(exit_timeout_s))
+    streaming, answered = _open_stream(server.address)  # held open past the grace
+    signalled_s = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    code = server.process.wait(EXIT_TIMEOUT_S)
+    exited_s = time.monotonic() - signalled_s
+    _wait_for(lambda: len(answered) == 2, "the stream's end")
+    streaming.close()
+    server.stop()
+    assert code == 0
+    assert exit_timeout_s <= exited_s < exit_timeout_s + 3.0
+    ended = answered[1]
+    assert isinstance(ended, InferenceServerException) and ended.status() == "StatusCode.UNAVAILABLE", ended
+    assert _logged(server, f"after --exit-timeout-s {exit_timeout_s:g}")()
 
 
 @pytest.mark.parametrize("value", ["-1", "nan", "inf"])
