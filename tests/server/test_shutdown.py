@@ -18,7 +18,7 @@ import tritonclient.grpc as grpcclient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from infergate.server.draining import DRAINING_MESSAGE
+from infergate.server.draining import DRAINING_MESSAGE, is_refused_while_draining, second_signal_exit_status
 
 from harness import EXTRA_SERVE_ARGS, ServerProcess, start_server
 from modelgen import slow, write
@@ -213,6 +213,14 @@ def test_a_call_past_the_exit_timeout_gets_unavailable_and_the_exit_is_clean(slo
     ended = answered[1]
     assert isinstance(ended, InferenceServerException) and ended.status() == "StatusCode.UNAVAILABLE", ended
     assert _logged(server, f"after --exit-timeout-s {exit_timeout_s:g}")()
+
+
+def test_what_a_draining_server_refuses_and_how_a_second_signal_exits() -> None:
+    assert is_refused_while_draining("/inference.GRPCInferenceService/ModelInfer")
+    assert is_refused_while_draining("/inference.GRPCInferenceService/ServerReady")
+    assert not is_refused_while_draining("/grpc.health.v1.Health/Check")  # NOT_SERVING, not an error
+    assert not is_refused_while_draining("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")
+    assert (second_signal_exit_status(signal.SIGTERM), second_signal_exit_status(signal.SIGINT)) == (143, 130)
 
 
 @pytest.mark.parametrize("value", ["-1", "nan", "inf"])
