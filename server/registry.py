@@ -173,9 +173,10 @@ class ModelRegistry:
                     loaded = await asyncio.to_thread(load_model, self.repository, name)
                     served = [_serve(v) for v in loaded]
             except Exception as exc:
-                entry.state = UNAVAILABLE if not previous else READY
-                entry.reason = exc.message if isinstance(exc, InferError) else f"{type(exc).__name__}: {exc}"
-                logger.error("model '%s' failed to load: %s", name, entry.reason)
+                reason = exc.message if isinstance(exc, InferError) else f"{type(exc).__name__}: {exc}"
+                logger.error("model '%s' failed to load: %s", name, reason)
+                entry.state, entry.reason = (READY, _still_serving(previous, reason)) if previous else \
+                    (UNAVAILABLE, reason)
                 raise
             entry.versions = {v.version: v for v in served}
             entry.latest = max(entry.versions.values(), key=lambda s: int(s.version))
@@ -222,6 +223,12 @@ class ModelRegistry:
     async def stop(self, drain_timeout_s: float) -> None:
         # A cascade holds no batcher: its requests finish, or fail UNAVAILABLE, in its stages' drains.
         await asyncio.gather(*(s.retire(drain_timeout_s) for s in self.all_served()))
+
+
+def _still_serving(previous: list[Served], reason: str) -> str:
+    """RepositoryIndex's reason for a model whose reload failed: what still serves, and why the new one does not."""
+    versions = ", ".join(sorted((served.version for served in previous), key=int))
+    return f"the previous load still serves (version {versions}); loading again failed: {reason}"
 
 
 def _serve(loaded: LoadedVersion) -> ServedModel:

@@ -183,7 +183,7 @@ class InferenceService:
         for entry in self.registry.entries():
             if entry.versions:
                 for version in sorted(entry.versions, key=int):
-                    response.models.add(name=entry.name, version=version, state=READY)
+                    response.models.add(name=entry.name, version=version, state=READY, reason=entry.reason)
             elif not request.ready:
                 response.models.add(name=entry.name, state=entry.state, reason=entry.reason)
         return response

@@ -141,3 +141,28 @@ def test_serve_without_arguments_serves_the_example_repository(tmp_path: Path) -
     finally:
         assert server.stop() == 0
     assert any("serving the example repository" in line for line in server.log)
+
+
+def test_a_new_version_that_fails_to_load_leaves_the_previous_one_serving(tmp_path: Path) -> None:
+    from modelgen import classifier, write
+
+    classifier(tmp_path / "classifier/1/model.onnx")
+    write(tmp_path / "classifier/config.pbtxt", 'platform: "onnxruntime_onnx"\nmax_batch_size: 8\n')
+    server = start_server("--model-repository", str(tmp_path), "--model-control-mode", "explicit",
+                          "--load-model", "classifier")
+    try:
+        with grpcclient.InferenceServerClient(server.address) as client:
+            x = np.random.default_rng(0).standard_normal((2, 16)).astype(np.float32)
+            before = client.infer("classifier", [_input(x)]).as_numpy("PROBS")
+            write(tmp_path / "classifier/2/model.onnx", "not an ONNX model")  # the newest version, broken
+            with pytest.raises(InferenceServerException) as info:
+                client.load_model("classifier")
+            assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+            assert client.is_model_ready("classifier") and client.is_model_ready("classifier", "1")
+            np.testing.assert_array_equal(client.infer("classifier", [_input(x)]).as_numpy("PROBS"), before)
+            (entry,) = [m for m in client.get_model_repository_index().models if m.name == "classifier"]
+            assert (entry.version, entry.state) == ("1", "READY")
+            assert entry.reason.startswith("the previous load still serves (version 1); loading again failed: ")
+            assert "classifier" in entry.reason and "model.onnx" in entry.reason
+    finally:
+        assert server.stop() == 0
