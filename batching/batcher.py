@@ -45,6 +45,16 @@ class Timings:
     done_ns: int = 0  # outputs split per request
     batch_rows: int = 0  # rows in the batch this request ran in
 
+    def compute_phases_ns(self) -> tuple[int, int, int]:
+        """(compute_input, compute_infer, compute_output) ns of its batch, as Triton's statistics name them."""
+        return (self.compute_start_ns - self.dispatched_ns, self.compute_end_ns - self.compute_start_ns,
+                self.done_ns - self.compute_end_ns)
+
+    @property
+    def busy_ns(self) -> int:
+        """Its batch's device time: compute and feature transforms, what cost is charged on."""
+        return self.compute_end_ns - self.compute_start_ns + self.transform_end_ns - self.transform_start_ns
+
 
 @dataclass(slots=True, eq=False)
 class QueuedRequest:

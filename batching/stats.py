@@ -75,17 +75,15 @@ class ModelStats(Stats):
         self.inference_count += rows
         self.last_inference_ms = time.time_ns() // 1_000_000
         t = requests[0].timings
-        input_ns = t.compute_start_ns - t.dispatched_ns
-        infer_ns = t.compute_end_ns - t.compute_start_ns
-        output_ns = t.done_ns - t.compute_end_ns
-        transform_ns = t.transform_end_ns - t.transform_start_ns
+        input_ns, infer_ns, output_ns = t.compute_phases_ns()
+        busy_ns = t.busy_ns
+        transform_ns = busy_ns - infer_ns
         by_size = self.batches.get(rows)
         if by_size is None:
             by_size = self.batches[rows] = BatchDurations()
         by_size.compute_input.add(input_ns)
         by_size.compute_infer.add(infer_ns)
         by_size.compute_output.add(output_ns)
-        busy_ns = infer_ns + transform_ns
         self.busy_ns += busy_ns
         sink = self.sink
         is_recording = sink is not None

@@ -52,7 +52,7 @@ def match_tensors(kind: str, cascade: Sequence[TensorLike], stage: Sequence[Tens
         found = by_name.get(name)
         if found is None:
             raise CascadeConfigError(f"{where} has no {kind} {name!r} for the cascade's {kind} {tensor.name!r} "
-                                     f"(its {kind}s are {_describe(stage)}); expected one with that name, or a "
+                                     f"(its {kind}s are {describe_tensors(stage)}); expected one with that name, or a "
                                      f"map in its {kind}s field")
         if (found.datatype, tuple(found.dims)) != (tensor.datatype, tuple(tensor.dims)):
             raise CascadeConfigError(f"{where} {kind} {name!r} is {found.datatype} {list(found.dims)}, expected "
@@ -81,7 +81,7 @@ def stage_tensor_maps(config: CascadeConfig, inputs_of: Callable[[StageConfig], 
         extra = sorted({t.name for t in inputs_of(stage)} - set(inputs.values()))
         if extra:
             raise CascadeConfigError(f"{where} takes input {extra[0]!r}, which the cascade does not have "
-                                     f"(expected inputs {_describe(cascade_inputs)} like stages[0])")
+                                     f"(expected inputs {describe_tensors(cascade_inputs)} like stages[0])")
         maps.append((inputs, match_tensors("output", cascade_outputs, outputs_of(stage), dict(stage.outputs), where)))
     return maps
 
@@ -126,5 +126,6 @@ def _tensors(specs: Sequence[tuple[str, str, tuple[int, ...]]]) -> str:
     return ",\n".join(lines)
 
 
-def _describe(tensors: Sequence[TensorLike]) -> str:
+def describe_tensors(tensors: Sequence[TensorLike]) -> str:
+    """Tensors as errors name them: "INPUT0 FP32 [64], ..." (or "none")."""
     return ", ".join(f"{t.name} {t.datatype} {list(t.dims)}" for t in tensors) or "none"

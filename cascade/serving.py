@@ -31,11 +31,12 @@ from infergate.cascade.model_config import (
     CONFIG_PARAMETER,
     PROBABILITIES_OUTPUT,
     STAGE_OUTPUT,
+    describe_tensors,
     stage_tensor_maps,
 )
 from infergate.cascade.routing import MEASURES, route_checked
 from infergate.models.config import CASCADE_PLATFORM, ModelSpec, TensorSpec, build_spec, read_config
-from infergate.models.errors import ConfigError, DeadlineExceeded, InferError, ModelUnavailable
+from infergate.models.errors import ConfigError, InferError, ModelUnavailable, Relayed, Status
 from infergate.models.repository import available_versions, config_tensor
 from infergate.proto import model_config_pb2 as mc
 from infergate.server.dataplane import DecodedRequest, InferResult, InferTarget, ModelIO, ParameterValue
@@ -161,11 +162,8 @@ class CascadeModel:
 
 
 def _deadline_error(cascade: str, stage: str, rows: int) -> InferError:
-    error = DeadlineExceeded(cascade, 0)
-    error.message = (f"request to cascade '{cascade}' reached its deadline before stage '{stage}': its {rows} "
-                     "escalated row(s) were not computed")
-    error.args = (error.message,)
-    return error
+    return Relayed(f"request to cascade '{cascade}' reached its deadline before stage '{stage}': its {rows} "
+                   "escalated row(s) were not computed", Status.DEADLINE_EXCEEDED)
 
 
 def _shares(timings: Timings | None, rows: int) -> tuple[tuple[int, int, int, int], int]:
@@ -173,11 +171,8 @@ def _shares(timings: Timings | None, rows: int) -> tuple[tuple[int, int, int, in
     is their share of the batch's device time (compute and transforms): the batch may hold other requests' rows."""
     if timings is None or not timings.batch_rows:
         return (0, 0, 0, 0), 0  # a stage that is itself a cascade: its stages record their own
-    compute_ns = timings.compute_end_ns - timings.compute_start_ns
-    busy_ns = compute_ns + timings.transform_end_ns - timings.transform_start_ns
-    phases = (timings.dispatched_ns - timings.enqueued_ns, timings.compute_start_ns - timings.dispatched_ns,
-              compute_ns, timings.done_ns - timings.compute_end_ns)
-    return phases, busy_ns * rows // timings.batch_rows
+    phases = (timings.dispatched_ns - timings.enqueued_ns, *timings.compute_phases_ns())
+    return phases, timings.busy_ns * rows // timings.batch_rows
 
 
 class _Answer:
@@ -253,9 +248,7 @@ async def load_cascade(repository: Path, name: str, resolve: StageResolver) -> C
         try:
             targets.append(await resolve(name, stage.model, stage.version))
         except InferError as exc:  # the stage's own error and status, said of the field that names it
-            error = InferError(f"{path}: stages[{index}].model {stage.model!r}: {exc.message}")
-            error.status = exc.status
-            raise error from None
+            raise Relayed(f"{path}: stages[{index}].model {stage.model!r}: {exc.message}", exc.status) from None
     by_model = dict(zip((stage.model for stage in config.stages), targets))
     try:
         check_output_widths(config, lambda stage: _routed_width(stage, by_model[stage.model].spec), str(path))
@@ -323,8 +316,9 @@ def _check_spec(spec: ModelSpec, config: CascadeConfig, targets: list[InferTarge
     for kind, declared, expected in (("input", spec.inputs, expected_inputs), ("output", spec.outputs,
                                                                                 expected_outputs)):
         if declared and _signature(declared) != _signature(expected):
-            raise ConfigError(f"model '{spec.name}': config.pbtxt {kind}s are {_describe(declared)}, expected "
-                              f"{_describe(expected)} (stages[0]'s, as `infergate cascade tune` writes them)")
+            raise ConfigError(f"model '{spec.name}': config.pbtxt {kind}s are {describe_tensors(declared)}, "
+                              f"expected {describe_tensors(expected)} (stages[0]'s, as `infergate cascade tune` "
+                              "writes them)")
     if not spec.inputs:
         spec.inputs = expected_inputs
         spec.config.input.extend(config_tensor(mc.ModelInput(), t) for t in expected_inputs)
@@ -343,7 +337,3 @@ def _check_spec(spec: ModelSpec, config: CascadeConfig, targets: list[InferTarge
 
 def _signature(tensors: list[TensorSpec]) -> list[tuple[str, str, tuple[int, ...]]]:
     return sorted((t.name, t.datatype, t.dims) for t in tensors)
-
-
-def _describe(tensors: list[TensorSpec]) -> str:
-    return ", ".join(f"{t.name} {t.datatype} {list(t.dims)}" for t in tensors) or "none"

@@ -30,6 +30,15 @@ class InferError(Exception):
         self.message = message
 
 
+class Relayed(InferError):
+    """An error whose status is another error's, or chosen where it is raised, with a message of its own:
+    e.g. a cascade's stage failing, said of the cascade.json field that names the stage."""
+
+    def __init__(self, message: str, status: Status) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class InvalidInput(InferError):
     """A request field has a value the model cannot accept."""
 
