@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -39,13 +40,21 @@ _LATENCY_HELP = {
 class RegistryCollector(Collector):
     """Exports counters, gauges and histograms; the request path only appended raw samples."""
 
-    def __init__(self, registry: ModelRegistry, telemetry: Telemetry) -> None:
+    def __init__(self, registry: ModelRegistry, telemetry: Telemetry,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.registry = registry
         self.telemetry = telemetry
+        self.loop = loop  # the serving loop, whose task count a soak watches for leaks
 
     def collect(self) -> Iterator[MetricFamily]:
         yield from self._counters()
         yield from self._telemetry()
+        if self.loop is not None:
+            tasks = GaugeMetricFamily("infergate_event_loop_tasks", "Asyncio tasks alive on the serving event "
+                                      "loop (calls, connections, background work): flat at steady load")
+            # all_tasks copies the loop's weak set, retrying if the loop changes it meanwhile: safe from this thread.
+            tasks.add_metric([], len(asyncio.all_tasks(self.loop)))
+            yield tasks
 
     def _counters(self) -> Iterator[MetricFamily]:
         labels = LABELS
@@ -184,8 +193,8 @@ def make_app(telemetry: Telemetry) -> Callable[..., Iterable[bytes]]:
 
 
 def start_metrics_server(host: str, port: int, registry: ModelRegistry, telemetry: Telemetry) -> int:
-    """Serves /metrics and /stats.json in a background thread; returns the bound port."""
-    REGISTRY.register(RegistryCollector(registry, telemetry))
+    """Serves /metrics and /stats.json in a background thread; returns the bound port. Called on the serving loop."""
+    REGISTRY.register(RegistryCollector(registry, telemetry, asyncio.get_running_loop()))
     server = make_server(host, port, make_app(telemetry), ThreadingWSGIServer, handler_class=_QuietHandler)
     thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
     thread.start()

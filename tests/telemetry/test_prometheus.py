@@ -68,6 +68,9 @@ def test_histograms_counters_and_gauges_after_traffic(server: ServerProcess,
                   "infergate_price_usd_per_hour", "infergate_cost_per_1k_inferences_usd"):
         assert families[gauge].type == "gauge", gauge  # type: ignore[attr-defined]
     assert _samples(families, "infergate_in_flight_requests", "infergate_in_flight_requests", **key)[0].value == 0
+    # The serving loop's tasks (what a soak watches for leaks): at least the transport's own, and bounded when idle.
+    (tasks,) = families["infergate_event_loop_tasks"].samples  # type: ignore[attr-defined]
+    assert 1 <= tasks.value < 100
     states = {(s.labels["model"], s.labels["state"]) for s in families["infergate_model_state"].samples}  # type: ignore[attr-defined]
     assert ("classifier", "READY") in states and ("broken_config", "UNAVAILABLE") in states
     (busy,) = _samples(families, "infergate_busy_seconds", "infergate_busy_seconds_total", **key)
