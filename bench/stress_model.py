@@ -6,8 +6,9 @@ depend on how batches happen to form, and 0.5x or 3x of it means the same at any
 
 The map is a contraction (|d/dh tanh(h / 2 + d)| <= 1/2), so after k trips the state is within 2^-k of its fixed
 point. The reference iterates until the state stops moving (at most REFERENCE_MAX_TRIPS, 2^-40 ~ 1e-12, far below
-float32's resolution) instead of all TRIPS: the same answer as the model's to float32 rounding, at a tenth of
-its cost, so checking every answer of a run costs the client less than the server spent computing them.
+float32's resolution) instead of all TRIPS: the same answer as the model's to float32 rounding (7e-7 at most,
+measured), at ~1.4 ms a row against the server's ~8, so checking every answer of a run costs the client a
+fraction of what the server spent computing them.
 """
 
 from __future__ import annotations

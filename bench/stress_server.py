@@ -28,8 +28,6 @@ STOP_TIMEOUT_S = 30.0  # from SIGTERM to exit before the server is killed
 RPC_TIMEOUT_S = 10.0  # statistics calls
 SCRAPE_TIMEOUT_S = 5.0  # one /metrics request
 STATISTICS_METHOD = "/inference.GRPCInferenceService/ModelStatistics"
-# Gauges read from /metrics: the server's own and prometheus_client's process collector.
-GAUGES = ("infergate_event_loop_tasks", "process_resident_memory_bytes", "process_open_fds")
 
 
 @dataclass(frozen=True)
@@ -60,13 +58,13 @@ class Server:
     def statistics(self, model: str) -> Statistics:
         return statistics(self.address, model)
 
-    def scrape(self) -> dict[str, float | None]:
-        """GAUGES from /metrics (each summed over its label sets); None for one the server does not export."""
+    def scrape(self, names: tuple[str, ...]) -> dict[str, float | None]:
+        """These metrics from /metrics (each summed over its label sets); None for one the server does not export."""
         if self.metrics_address is None:
-            return {name: None for name in GAUGES}
+            return {name: None for name in names}
         url = f"http://{self.metrics_address}/metrics"
         with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_S) as response:
-            return gauges(response.read().decode("utf-8", "replace"), GAUGES)
+            return gauges(response.read().decode("utf-8", "replace"), names)
 
     def tree(self) -> list[int]:
         """The server's pid and its children's (the --workers front ends)."""
