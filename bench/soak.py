@@ -25,7 +25,6 @@ import json
 import logging
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,6 @@ import numpy as np
 from infergate.bench.loadgen.stats import percentiles_ms, poisson_schedule
 from infergate.bench.soak_report import plot, sample_rows, summary_text, write_csv
 from infergate.bench.soak_verdict import IDLE_AFTER, IDLE_BEFORE, LOAD, Sample, verdict, warmup_s
-from infergate.bench.stress import host
 from infergate.bench.stress_accounting import (
     CORRECT,
     account,
@@ -48,7 +46,7 @@ from infergate.bench.stress_accounting import (
 from infergate.bench.stress_client import PhaseSpec, Recorder, channels, connect, open_loop, request_id
 from infergate.bench.stress_model import MAX_BATCH_SIZE, TRIPS, build_repository, config_text, inputs, reference
 from infergate.bench.stress_phases import capacity, settled_statistics
-from infergate.bench.stress_server import Server, open_fds, rss_bytes, start
+from infergate.bench.stress_server import Server, open_fds, rss_bytes, serve_and_run
 
 logger = logging.getLogger(__name__)
 
@@ -183,22 +181,16 @@ def run(args: argparse.Namespace, server: Server) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    started = host()
-    with tempfile.TemporaryDirectory(prefix="infergate-soak-") as work:
-        repository = build_repository(Path(work) / "repository", args.trips, max_queue_size=args.max_queue_size)
-        server = start(repository, args.out / "server.log", *shlex.split(args.serve_args))
-        try:
-            report = run(args, server)
-        finally:
-            code = server.stop()
+    report = serve_and_run(
+        "infergate.bench.soak", argv, args.out / "server.log",
+        lambda work: build_repository(work / "repository", args.trips, max_queue_size=args.max_queue_size),
+        shlex.split(args.serve_args), lambda server: run(args, server))
     samples: list[Sample] = report.pop("_samples")
-    report.update({"command": shlex.join([sys.executable, "-m", "infergate.bench.soak", *(argv or sys.argv[1:])]),
-                   "server_command": shlex.join(server.command).replace(work, "$WORK"),
-                   "model_config": config_text(max_queue_size=args.max_queue_size), "trips": args.trips,
-                   "deadline_ms": args.deadline_ms, "host_before": started, "host_after": host(),
-                   "server_exit_status_at_stop": code})
+    report.update({"model_config": config_text(max_queue_size=args.max_queue_size), "trips": args.trips,
+                   "deadline_ms": args.deadline_ms})
     (args.out / "soak.json").write_text(json.dumps(report, indent=2) + "\n")
     write_csv(samples, args.out / "samples.csv")
     plot(samples, warmup_s(args.duration_s), args.out / "soak.png",

@@ -26,17 +26,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shlex
 import signal
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from infergate.bench.perf_compare import git_commit
 from infergate.bench.stress_accounting import p99_ratio
 from infergate.bench.stress_client import OK
 from infergate.bench.stress_model import (
@@ -49,7 +46,7 @@ from infergate.bench.stress_model import (
 )
 from infergate.bench.stress_phases import PhaseResult, capacity, open_rate
 from infergate.bench.stress_report import overload_table, sigterm_table
-from infergate.bench.stress_server import Server, loadavg, start
+from infergate.bench.stress_server import Server, serve_and_run
 from infergate.server.draining import DRAINING_MESSAGE
 
 logger = logging.getLogger(__name__)
@@ -103,15 +100,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.concurrency <= 0:
         args.concurrency = saturating_clients(args.max_batch_size, min(args.max_queue_size, MAX_QUEUE_SIZE))
     return args
-
-
-def host() -> dict[str, Any]:
-    return {"loadavg": loadavg(), "cpus": os.cpu_count(), "commit": git_commit()}
-
-
-def serve(args: argparse.Namespace, work: Path, *flags: str) -> Server:
-    repository = build_repository(work / "repository", args.trips, args.max_batch_size, args.max_queue_size)
-    return start(repository, args.out / "server.log", *flags, *shlex.split(args.serve_args))
 
 
 def run_overload(args: argparse.Namespace, server: Server) -> dict[str, Any]:
@@ -220,21 +208,17 @@ def timeline(phase: PhaseResult, signalled_ns: float) -> list[list[object]]:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    started = host()
-    with tempfile.TemporaryDirectory(prefix="infergate-stress-") as work:
-        flags = ("--exit-timeout-s", f"{args.grace_s:g}") if args.mode == "sigterm" else ()
-        server = serve(args, Path(work), *flags)
-        try:
-            report = (run_overload if args.mode == "overload" else run_sigterm)(args, server)
-        finally:
-            code = server.stop()
-    report.update({"command": shlex.join([sys.executable, "-m", "infergate.bench.stress", *(argv or sys.argv[1:])]),
-                   "server_command": shlex.join(server.command).replace(work, "$WORK"),
-                   "model_config": config_text(args.max_batch_size, args.max_queue_size),
-                   "trips": args.trips, "deadline_ms": args.deadline_ms, "client_processes": args.processes,
-                   "host_before": started, "host_after": host(), "server_exit_status_at_stop": code})
+    flags = ("--exit-timeout-s", f"{args.grace_s:g}") if args.mode == "sigterm" else ()
+    report = serve_and_run(
+        "infergate.bench.stress", argv, args.out / "server.log",
+        lambda work: build_repository(work / "repository", args.trips, args.max_batch_size, args.max_queue_size),
+        [*flags, *shlex.split(args.serve_args)],
+        lambda server: (run_overload if args.mode == "overload" else run_sigterm)(args, server))
+    report.update({"model_config": config_text(args.max_batch_size, args.max_queue_size), "trips": args.trips,
+                   "deadline_ms": args.deadline_ms, "client_processes": args.processes})
     (args.out / f"{args.mode}.json").write_text(json.dumps(report, indent=2) + "\n")
     print(overload_table(report) if args.mode == "overload" else sigterm_table(report))
     return 0 if report["verdict"]["passed"] else 1

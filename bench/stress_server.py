@@ -6,17 +6,21 @@ import contextlib
 import logging
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
-from infergate.bench.perf_compare import _process_tree
+from infergate.bench.perf_compare import _process_tree, git_commit
 from infergate.proto import grpc_service_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -157,3 +161,26 @@ def open_fds(pid: int) -> int | None:
 
 def loadavg() -> str:
     return Path("/proc/loadavg").read_text().strip()
+
+
+def host() -> dict[str, Any]:
+    """How busy the host is (load averages, runnable/total tasks), its CPUs, and the commit under test."""
+    return {"loadavg": loadavg(), "cpus": os.cpu_count(), "commit": git_commit()}
+
+
+def serve_and_run(module: str, argv: Sequence[str], log_path: Path, build: Callable[[Path], Path],
+                  flags: Sequence[str], run: Callable[[Server], dict[str, Any]]) -> dict[str, Any]:
+    """Builds a repository in a scratch folder (`build(folder)` returns it), serves it with `flags`, runs, and
+    stops the server whatever happens; returns run's report with how it was made: both commands, the host's
+    load before and after, the exit status at the stop."""
+    before = host()
+    with tempfile.TemporaryDirectory(prefix="infergate-stress-") as work:
+        server = start(build(Path(work)), log_path, *flags)
+        try:
+            report = run(server)
+        finally:
+            code = server.stop()
+    report.update({"command": shlex.join([sys.executable, "-m", module, *argv]),
+                   "server_command": shlex.join(server.command).replace(work, "$WORK"),
+                   "host_before": before, "host_after": host(), "server_exit_status_at_stop": code})
+    return report
