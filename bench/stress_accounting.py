@@ -88,11 +88,17 @@ def account(outcomes: Sequence[Outcome], expected_ids: Iterable[str], expected: 
                       dict(details.most_common()), latencies)
 
 
-def statistics_delta(before: Statistics, after: Statistics) -> dict[str, int]:
-    return {name: getattr(after, name) - getattr(before, name) for name in asdict(before)}
+def statistics_delta(before: Statistics, after: Statistics) -> dict[str, int | None]:
+    """after - before of each counter; None for one either side lacks."""
+    delta: dict[str, int | None] = {}
+    for name in asdict(before):
+        low, high = getattr(before, name), getattr(after, name)
+        delta[name] = high - low if low is not None and high is not None else None
+    return delta
 
 
-def statistics_problems(delta: dict[str, int], accounting: Accounting, rows_per_request: int = 1) -> list[str]:
+def statistics_problems(delta: dict[str, int | None], accounting: Accounting,
+                        rows_per_request: int = 1) -> list[str]:
     """Why the server's counters disagree with the client's: computed rows must be the correct answers' rows, and
     successes the correct answers, or a request that failed (refused, expired) was computed, or one was lost."""
     problems = []
@@ -103,6 +109,9 @@ def statistics_problems(delta: dict[str, int], accounting: Accounting, rows_per_
     if delta["success_count"] != accounting.correct:
         problems.append(f"the server counted {delta['success_count']} successes (success.count delta) but the "
                         f"client got {accounting.correct} correct answers")
+    if delta.get("computed_unanswered_rows"):
+        problems.append(f"the server computed {delta['computed_unanswered_rows']} rows for requests already "
+                        "cancelled or expired (infergate_computed_unanswered_rows delta)")
     return problems
 
 

@@ -56,7 +56,7 @@ class PhaseResult:
     outcomes: list[Outcome]
     throughput_per_s: float  # correct answers a second (closed loop: after the warm-up)
     lag_p99_ms: float | None
-    stats_delta: dict[str, int] | None = None
+    stats_delta: dict[str, int | None] | None = None
     problems: list[str] = field(default_factory=list)
 
     def describe(self) -> dict[str, Any]:

@@ -31,6 +31,7 @@ START_TIMEOUT_S = 60.0  # from spawn to the ready line
 STOP_TIMEOUT_S = 30.0  # from SIGTERM to exit before the server is killed
 RPC_TIMEOUT_S = 10.0  # statistics calls
 SCRAPE_TIMEOUT_S = 5.0  # one /metrics request
+UNANSWERED_ROWS = "infergate_computed_unanswered_rows"  # a counter of the admission work, where exported
 STATISTICS_METHOD = "/inference.GRPCInferenceService/ModelStatistics"
 
 
@@ -43,6 +44,10 @@ class Statistics:
     success_count: int  # requests answered OK
     fail_count: int  # requests answered with an error
     queue_count: int  # requests that left the queue for a batch
+    # From /metrics, when the server exports it: rows computed for requests already cancelled or expired when
+    # their outputs came. An execution none of whose requests was answered shows only here, not in
+    # inference_count, so the check that only answered requests were computed needs both.
+    computed_unanswered_rows: int | None = None
 
 
 @dataclass
@@ -60,7 +65,7 @@ class Server:
         return self.process.pid
 
     def statistics(self, model: str) -> Statistics:
-        return statistics(self.address, model)
+        return statistics(self.address, model, self.metrics_address)
 
     def scrape(self, names: tuple[str, ...]) -> dict[str, float | None]:
         """These metrics from /metrics (each summed over its label sets); None for one the server does not export."""
@@ -92,15 +97,23 @@ class Server:
             return self.process.wait(timeout_s)
 
 
-def statistics(address: str, model: str) -> Statistics:
-    """One model's ModelStatistics counters, over a fresh connection."""
+def statistics(address: str, model: str, metrics_address: str | None = None) -> Statistics:
+    """One model's ModelStatistics counters, over a fresh connection; with a metrics address, also its
+    infergate_computed_unanswered_rows."""
     with grpc.insecure_channel(address) as channel:
         call = channel.unary_unary(STATISTICS_METHOD, request_serializer=pb.ModelStatisticsRequest.SerializeToString,
                                    response_deserializer=pb.ModelStatisticsResponse.FromString)
         stats = call(pb.ModelStatisticsRequest(name=model), timeout=RPC_TIMEOUT_S).model_stats[0]
     infer = stats.inference_stats
+    unanswered = None
+    if metrics_address is not None:
+        with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=SCRAPE_TIMEOUT_S) as response:
+            text = response.read().decode("utf-8", "replace")
+        model_lines = "\n".join(line for line in text.splitlines() if f'model="{model}"' in line)
+        value = gauges(model_lines, (UNANSWERED_ROWS,))[UNANSWERED_ROWS]
+        unanswered = int(value) if value is not None else None
     return Statistics(int(stats.inference_count), int(stats.execution_count), int(infer.success.count),
-                      int(infer.fail.count), int(infer.queue.count))
+                      int(infer.fail.count), int(infer.queue.count), unanswered)
 
 
 def gauges(text: str, names: tuple[str, ...]) -> dict[str, float | None]:

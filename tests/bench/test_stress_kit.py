@@ -12,7 +12,15 @@ from pathlib import Path
 import numpy as np
 
 from infergate.bench.soak_verdict import IDLE_AFTER, IDLE_BEFORE, LOAD, Sample, verdict
-from infergate.bench.stress_accounting import CORRECT, MIXED_UP, OTHER, account, fold_detail, p99_ratio
+from infergate.bench.stress_accounting import (
+    CORRECT,
+    MIXED_UP,
+    OTHER,
+    account,
+    fold_detail,
+    p99_ratio,
+    statistics_problems,
+)
 from infergate.bench.stress_client import LOST, OK, Outcome
 from infergate.bench.stress_model import N_OUT, inputs, reference
 from infergate.bench.stress_server import gauges
@@ -63,6 +71,20 @@ def test_a_clean_phase_has_no_failures_and_folds_its_messages() -> None:
     assert fold_detail("X", "waited 12.5 us of 3 us") == "X: waited N us of N us"
     assert p99_ratio({"p99": 30.0}, {"p99": 20.0}) == 1.5
     assert p99_ratio({"p99": 30.0}, {"p99": None}) is None
+
+
+def test_statistics_show_a_computed_request_that_failed() -> None:
+    expected = np.ones((2, N_OUT), np.float32)
+    accounting = account([_outcome(0, output=expected[0]), _outcome(1, code="DEADLINE_EXCEEDED")], ["p-0", "p-1"],
+                         expected, REFUSALS)
+    clean = {"inference_count": 1, "success_count": 1, "computed_unanswered_rows": None}
+    assert statistics_problems(clean, accounting) == []
+    # The expired one ran in a batch of its own: only the unanswered rows counter shows it.
+    wasted = {**clean, "computed_unanswered_rows": 1}
+    assert statistics_problems(wasted, accounting) == [
+        "the server computed 1 rows for requests already cancelled or expired "
+        "(infergate_computed_unanswered_rows delta)"]
+    assert len(statistics_problems({**wasted, "inference_count": 2, "success_count": 2}, accounting)) == 3
 
 
 def test_the_reference_tells_distinct_rows_apart() -> None:

@@ -35,7 +35,7 @@ class Harnessed:
         return self.process.address
 
     def statistics(self, model: str) -> Statistics:
-        return statistics(self.process.address, model)
+        return statistics(self.process.address, model, self.process.metrics_address)
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +56,7 @@ def _assert_accounted(phase: PhaseResult) -> None:
     assert phase.stats_delta is not None
     assert phase.stats_delta["inference_count"] == accounting.correct, (phase.name, phase.stats_delta, details)
     assert phase.stats_delta["success_count"] == accounting.correct, (phase.name, phase.stats_delta, details)
+    assert not phase.stats_delta["computed_unanswered_rows"], (phase.name, phase.stats_delta)  # 0, or not exported
     assert not phase.problems, phase.problems
 
 
