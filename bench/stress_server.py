@@ -31,7 +31,7 @@ START_TIMEOUT_S = 60.0  # from spawn to the ready line
 STOP_TIMEOUT_S = 30.0  # from SIGTERM to exit before the server is killed
 RPC_TIMEOUT_S = 10.0  # statistics calls
 SCRAPE_TIMEOUT_S = 5.0  # one /metrics request
-UNANSWERED_ROWS = "infergate_computed_unanswered_rows"  # a counter of the admission work, where exported
+UNANSWERED_ROWS = "infergate_computed_unanswered_rows_total"  # a counter (the exposition adds _total), where exported
 STATISTICS_METHOD = "/inference.GRPCInferenceService/ModelStatistics"
 
 
