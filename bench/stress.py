@@ -18,7 +18,7 @@ way: every request admitted before it must be answered correctly (RESOURCE_EXHAU
 the rest UNAVAILABLE (refused while draining, or the port closed after the exit), the exit status 0 and the exit
 within the grace.
 
-Writes <out>/<mode>.json and the server's log, prints a table, and exits 1 when the verdict fails.
+Writes <out>/<mode>.json, <mode>.png and the server's log, prints a table, and exits 1 when the verdict fails.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from infergate.bench.stress_model import (
     saturating_clients,
 )
 from infergate.bench.stress_phases import PhaseResult, capacity, open_rate
+from infergate.bench.stress_plots import overload_plot, sigterm_plot
 from infergate.bench.stress_report import overload_table, sigterm_table
 from infergate.bench.stress_server import Server, serve_and_run
 from infergate.server.draining import DRAINING_MESSAGE
@@ -220,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     report.update({"model_config": config_text(args.max_batch_size, args.max_queue_size), "trips": args.trips,
                    "deadline_ms": args.deadline_ms, "client_processes": args.processes})
     (args.out / f"{args.mode}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (overload_plot if args.mode == "overload" else sigterm_plot)(report, args.out / f"{args.mode}.png")
     print(overload_table(report) if args.mode == "overload" else sigterm_table(report))
     return 0 if report["verdict"]["passed"] else 1
 
