@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
@@ -13,16 +15,28 @@ from typing import Any
 
 import numpy as np
 
+from infergate.batching.admission import Backlog, refusal, smoothed_batch_us
 from infergate.batching.faults import plan_after_failure
 from infergate.batching.policy import WAIT_FOR_ARRIVAL, BatchDecision, BatchLimits, decide, effective_timeout_us
 from infergate.batching.timer import LOOP_TIMER_MIN_US, PRECISE_TIMER, TimerHandle
-from infergate.models.errors import DeadlineExceeded, InferError, InvalidInput, ModelUnavailable, QueueFull
+from infergate.models.errors import (
+    CannotFinish,
+    DeadlineExceeded,
+    ExecutionTimeout,
+    InferError,
+    InvalidInput,
+    ModelUnavailable,
+    QueueFull,
+)
 
 logger = logging.getLogger(__name__)
 
 GAP_SMOOTHING = 1 / 8  # weight of the newest gap in the mean time between arrivals
 GAP_CAP_DELAYS = 4  # gaps are capped at this many max_queue_delays, so a burst after idle time
                     # brings the mean down within ~10 arrivals; an arrival at an idle model counts as one
+# Executions past their timeout that may still be running (a runtime that cannot be interrupted leaves its
+# thread behind) per instance, before the model stops replacing instances and refuses requests instead.
+MAX_HUNG_PER_INSTANCE = 2
 
 Tensors = Mapping[str, np.ndarray]
 # Runs one assembled batch (blocking, off the event loop): inputs with the batch dim first -> outputs.
@@ -30,6 +44,8 @@ ExecuteFn = Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]
 # Builds the runtime's inputs from the requests' inputs (blocking, off the event loop); replaces the
 # plain concatenation when a model declares feature transforms (models/features.py).
 AssembleFn = Callable[[list[Tensors]], dict[str, np.ndarray]]
+# Asks the execution running on a thread (by id) to stop; returns whether the runtime can (Runtime.interrupt).
+InterruptFn = Callable[[int], bool]
 
 
 @dataclass(slots=True, eq=False)
@@ -75,11 +91,33 @@ class BatchRun:
     executions: list[tuple[int, list[int]]]  # (rows, indexes into the batch) of each execution with outputs
 
 
+@dataclass(slots=True, eq=False)
+class Execution:
+    """One batch handed to an instance, as the watchdog of --model-execution-timeout-s sees it."""
+
+    thread_id: int = 0  # the executor thread running it, once it started
+    is_abandoned: bool = False  # ran past its timeout: its requests were failed and its instance replaced
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Watchdog:
+    """Bounds each execution's time: past `timeout_s` its requests fail, the runtime is asked to stop it, and a
+    fresh executor thread takes its instance's place."""
+
+    timeout_s: float
+    new_executor: Callable[[], Executor]  # the replacement instances' threads
+    interrupt: InterruptFn | None = None
+
+
 class Stats:
     """Counters a batcher reports to (ModelStatistics); the default records nothing."""
 
     def batch_done(self, rows: int, requests: list[QueuedRequest]) -> None:
         """Called once per executed batch with the requests that got their outputs."""
+
+    def computed_unanswered(self, rows: int) -> None:
+        """Rows computed for requests that were cancelled or had expired by the time their outputs came."""
 
 
 class DynamicBatcher:
@@ -99,18 +137,22 @@ class DynamicBatcher:
         clock_ns: Callable[[], int] = time.monotonic_ns,
         is_inline: bool = False,
         assemble: AssembleFn | None = None,
+        watchdog: Watchdog | None = None,
     ) -> None:
         self.model = model
         self.limits = limits
         self._execute = execute
         self._assemble = assemble
         self._executor = executor
-        self._free_instances = max(instance_count, 1)
+        self._instances = max(instance_count, 1)
+        self._free_instances = self._instances
         self._stats = stats or Stats()
         self._clock_ns = clock_ns
         # One FIFO per priority level; index 0 is level 1, the highest priority.
         self._queues: list[deque[QueuedRequest]] = [deque() for _ in range(limits.priority_levels)]
         self._queued = 0
+        self._rows_by_level = [0] * limits.priority_levels  # rows queued (abandoned ones until purged)
+        self._mean_batch_us = 0.0  # dispatch to outputs, for admission; 0 until the first batch
         self._in_flight: set[asyncio.Future[Any]] = set()
         self._is_schedule_pending = False
         self._timer: asyncio.TimerHandle | TimerHandle | None = None
@@ -119,7 +161,10 @@ class DynamicBatcher:
         self._is_accepting = True
         # Inline: run batches on the loop thread itself. Only for models whose whole batch
         # computes faster than a hand-over to a thread costs (see registry.INLINE_MAX_COMPUTE_S).
-        self._is_inline = is_inline
+        self._is_inline = is_inline and watchdog is None  # the watchdog needs a thread to watch
+        self._watchdog = watchdog
+        self.hung_executions = 0  # abandoned past their timeout and still running
+        self.replaced_instances = 0  # since load
         # Mean time between arrivals (us) while the model is busy, for the adaptive queue delay;
         # starts as if idle.
         self._gap_cap_us = GAP_CAP_DELAYS * limits.max_queue_delay_us
@@ -147,12 +192,23 @@ class DynamicBatcher:
             raise InvalidInput(
                 f"parameter 'priority' is {priority}, expected 0 (default) or 1..{self.limits.priority_levels}"
             )
+        if not self.is_healthy:
+            raise ModelUnavailable(self.model, "", f"{self.hung_executions} executions past the execution timeout "
+                                   "are still running; it serves again once they end, or reload the model")
         queue = self._queues[level - 1]
         policy = self.limits.policy_for(level)
         if policy.max_queue_size and len(queue) - self._startable_requests(level) >= policy.max_queue_size:
-            raise QueueFull(self.model, policy.max_queue_size)
+            self._purge_cancelled(level)  # a cancelled request frees its place at once, not when it reaches the head
+            if len(queue) - self._startable_requests(level) >= policy.max_queue_size:
+                field = (f"dynamic_batching.priority_queue_policy[{level}].max_queue_size"
+                         if level in self.limits.queue_policies else
+                         "dynamic_batching.default_queue_policy.max_queue_size")
+                raise QueueFull(self.model, policy.max_queue_size, field)
         loop = self._loop or self._bind_loop()
         now_ns = self._clock_ns()
+        timeout_us = effective_timeout_us(timeout_us, policy)
+        if (deadline_ns or timeout_us) and self._mean_batch_us > 0:
+            self._admit(level, rows, (deadline_ns - now_ns) // 1000 if deadline_ns else None, timeout_us or None)
         # Only an arrival that finds the model busy (requests queued or a batch running) measures a
         # real gap. At an idle model it counts as a long one: the time since the last arrival then
         # includes the wait and compute of the last request itself, so a lone closed-loop client
@@ -162,7 +218,6 @@ class DynamicBatcher:
             else self._gap_cap_us
         self._mean_gap_us += (gap_us - self._mean_gap_us) * GAP_SMOOTHING
         self._last_arrival_ns = now_ns
-        timeout_us = effective_timeout_us(timeout_us, policy)
         if timeout_us:
             queue_deadline_ns = now_ns + timeout_us * 1000
             deadline_ns = min(deadline_ns, queue_deadline_ns) if deadline_ns else queue_deadline_ns
@@ -170,11 +225,38 @@ class DynamicBatcher:
         request.timings.enqueued_ns = now_ns
         queue.append(request)
         self._queued += 1
+        self._rows_by_level[level - 1] += rows
         if not self._is_schedule_pending:
             # Coalesce: every request that arrives in this loop iteration joins one decision.
             self._is_schedule_pending = True
             loop.call_soon(self._schedule)
         return request
+
+    def _admit(self, level: int, rows: int, deadline_left_us: int | None, queue_timeout_us: int | None) -> None:
+        """Raises CannotFinish when the work queued ahead means the request would miss its deadline anyway."""
+        reason = refusal(self._backlog(level), rows, deadline_left_us, queue_timeout_us)
+        if reason:
+            self._purge_cancelled(level)  # counted ahead until purged: look again without them
+            reason = refusal(self._backlog(level), rows, deadline_left_us, queue_timeout_us)
+            if reason:
+                raise CannotFinish(self.model, reason)
+
+    def _backlog(self, level: int) -> Backlog:
+        """The queue ahead of a new request at this level: its own level and the higher ones."""
+        ahead = self._queues[:level]
+        return Backlog(sum(len(q) for q in ahead), sum(self._rows_by_level[:level]), self.limits.max_rows,
+                       self._instances, self._mean_batch_us)
+
+    def _purge_cancelled(self, level: int) -> None:
+        """Drops the requests already answered (cancelled, expired) from the queues of this level and above."""
+        for index in range(level):
+            queue = self._queues[index]
+            alive = [r for r in queue if not r.future.done()]
+            if len(alive) != len(queue):
+                self._queued -= len(queue) - len(alive)
+                self._rows_by_level[index] = sum(r.rows for r in alive)
+                queue.clear()
+                queue.extend(alive)
 
     def _startable_requests(self, level: int) -> int:
         """At most how many queued requests of this level the next decision starts at once (not waiting).
@@ -218,9 +300,9 @@ class DynamicBatcher:
         budget = self.limits.max_rows
         total = 0
         oldest_ns = 0
-        for queue in self._queues:
+        for index, queue in enumerate(self._queues):
             while queue and self._purge_if_dead(queue[0], now_ns):
-                queue.popleft()
+                self._rows_by_level[index] -= queue.popleft().rows
                 self._queued -= 1
             for request in queue:
                 if self._purge_if_dead(request, now_ns):
@@ -248,10 +330,11 @@ class DynamicBatcher:
 
     def _pop(self, count: int) -> list[QueuedRequest]:
         batch: list[QueuedRequest] = []
-        for queue in self._queues:
+        for index, queue in enumerate(self._queues):
             while queue and len(batch) < count:
                 request = queue.popleft()
                 self._queued -= 1
+                self._rows_by_level[index] -= request.rows
                 if not request.future.done():
                     batch.append(request)
             if len(batch) == count:
@@ -282,22 +365,37 @@ class DynamicBatcher:
         self._free_instances -= 1
         for request in batch:
             request.timings.dispatched_ns = now_ns
+        execution = Execution()
         if self._is_inline:
-            self._complete(batch, self._run_batch(batch, rows))
+            self._complete(batch, self._run_batch(batch, rows, execution))
             return
-        run = self._loop.run_in_executor(self._executor, self._run_batch, batch, rows)
+        run = self._loop.run_in_executor(self._executor, self._run_batch, batch, rows, execution)
         self._in_flight.add(run)
-        run.add_done_callback(lambda done: self._finish(batch, done))
+        run.add_done_callback(lambda done: self._finish(batch, done, execution))
+        if self._watchdog is not None:
+            execution.timer = self._loop.call_later(self._watchdog.timeout_s, self._on_overrun, batch, run,
+                                                    execution)
 
-    def _run_batch(self, batch: list[QueuedRequest], rows: int) -> BatchRun:
+    def _run_batch(self, batch: list[QueuedRequest], rows: int, execution: Execution) -> BatchRun:
         """In an executor thread: assemble, execute, split. A batch that fails at a row fails only the
         request that sent it and runs once more without it; a failure that names no row is retried
-        request by request. Either way each request sees only its own error."""
+        request by request. Either way each request sees only its own error.
+
+        Requests cancelled or past their deadline since the batch formed are dropped first, not computed."""
+        execution.thread_id = threading.get_ident()
         missing = InferError(f"internal error: model '{self.model}' produced no result for the request")
         run = BatchRun([missing] * len(batch), [])
-        pending = list(range(len(batch)))  # indexes into batch still without a result
+        now_ns = self._clock_ns()
+        pending = []  # indexes into batch still without a result
+        for index, request in enumerate(batch):
+            if request.future.done():
+                continue  # cancelled: nobody waits for it (_complete skips it)
+            if request.deadline_ns and now_ns >= request.deadline_ns:
+                run.results[index] = DeadlineExceeded(self.model, (now_ns - request.timings.enqueued_ns) // 1000)
+                continue
+            pending.append(index)
         # Each failure at a row removes one request, so this runs at most once per request.
-        while pending:
+        while pending and not execution.is_abandoned:  # abandoned: past its timeout, its requests already failed
             part = [batch[i] for i in pending]
             part_rows = rows if len(part) == len(batch) else sum(r.rows for r in part)
             try:
@@ -305,7 +403,7 @@ class DynamicBatcher:
             except Exception as exc:
                 plan = plan_after_failure(self.model, [r.rows for r in part], exc)
                 if plan is None:
-                    self._retry_alone(batch, pending, exc, run)
+                    self._retry_alone(batch, pending, exc, run, execution)
                     return run
                 failed = pending[plan.failed]
                 logger.warning("model '%s': batch of %d requests (%d rows) failed at row %d, in request %d "
@@ -320,15 +418,19 @@ class DynamicBatcher:
             return run
         return run
 
-    def _retry_alone(self, batch: list[QueuedRequest], pending: list[int], exc: Exception, run: BatchRun) -> None:
-        """Runs each pending request on its own after a failure that blames none of them."""
-        if len(pending) == 1:
+    def _retry_alone(self, batch: list[QueuedRequest], pending: list[int], exc: Exception, run: BatchRun,
+                     execution: Execution) -> None:
+        """Runs each pending request on its own after a failure that blames none of them (not after the
+        watchdog abandoned the execution: the failure was its interruption, and the hang would run again)."""
+        if len(pending) == 1 or execution.is_abandoned:
             run.results[pending[0]] = exc
             return
         logger.warning("model '%s': batch of %d requests failed (%s); retrying one by one",
                        self.model, len(pending), exc)
         for index in pending:
             request = batch[index]
+            if execution.is_abandoned:
+                return
             try:
                 run.results[index] = self._execute_and_split([request], request.rows)[0]
             except Exception as single_exc:
@@ -381,7 +483,55 @@ class DynamicBatcher:
             request.timings.done_ns = done_ns
         return results
 
-    def _finish(self, batch: list[QueuedRequest], run: asyncio.Future[BatchRun]) -> None:
+    def _on_overrun(self, batch: list[QueuedRequest], run: asyncio.Future[BatchRun], execution: Execution) -> None:
+        """On the loop, when an execution outlives the watchdog's timeout: fail its requests, ask the runtime to
+        stop it, and put a fresh instance in its place so the queue behind it moves on."""
+        if run.done():
+            return
+        watchdog = self._watchdog
+        assert watchdog is not None
+        execution.is_abandoned = True
+        self._in_flight.discard(run)
+        waiting = [r for r in batch if not r.future.done()]
+        error = ExecutionTimeout(self.model, watchdog.timeout_s, len(batch))
+        for request in waiting:
+            request.future.set_exception(error)
+        is_interrupted = bool(execution.thread_id) and watchdog.interrupt is not None \
+            and watchdog.interrupt(execution.thread_id)
+        self.hung_executions += 1
+        self.replaced_instances += 1
+        logger.error("model '%s': an execution of %d requests ran past its %g s timeout; %s, and a new instance "
+                     "takes its place (%d replaced since load)", self.model, len(batch), watchdog.timeout_s,
+                     "the runtime was told to stop it" if is_interrupted else "its thread is left to finish",
+                     self.replaced_instances)
+        # A fresh executor for later batches: the hung thread may never return to this one's pool.
+        old, self._executor = self._executor, watchdog.new_executor()
+        old.shutdown(wait=False)
+        self._free_instances += 1
+        if not self.is_healthy:
+            self._fail_all(ModelUnavailable(self.model, "", f"{self.hung_executions} executions past the "
+                                            "execution timeout are still running"))
+        self._schedule()
+
+    @property
+    def is_healthy(self) -> bool:
+        """False while so many executions past their timeout still run that requests are refused."""
+        return self.hung_executions < MAX_HUNG_PER_INSTANCE * self._instances
+
+    @property
+    def executor(self) -> Executor:
+        """Where batches run now (a replaced instance's executor is shut down and left behind)."""
+        return self._executor
+
+    def _finish(self, batch: list[QueuedRequest], run: asyncio.Future[BatchRun], execution: Execution) -> None:
+        if execution.is_abandoned:
+            # Its requests were failed at the timeout and its instance replaced; what it produced is dropped.
+            self.hung_executions -= 1
+            logger.warning("model '%s': the execution that ran past its timeout ended (%s)", self.model,
+                           "with an error" if run.cancelled() or run.exception() is not None else "with outputs")
+            return
+        if execution.timer is not None:
+            execution.timer.cancel()
         self._in_flight.discard(run)
         if run.cancelled():
             self._complete(batch, BatchRun([InferError("batch execution was cancelled")] * len(batch), []))
@@ -398,6 +548,9 @@ class DynamicBatcher:
     def _complete(self, batch: list[QueuedRequest], run: BatchRun) -> None:
         """Frees the instance, hands each request its result, and records each execution that produced outputs."""
         self._free_instances += 1
+        if run.executions and batch:
+            self._mean_batch_us = smoothed_batch_us(self._mean_batch_us,
+                                                    (self._clock_ns() - batch[0].timings.dispatched_ns) / 1000)
         delivered = set()
         for index, (request, result) in enumerate(zip(batch, run.results)):
             if request.future.done():
@@ -409,6 +562,8 @@ class DynamicBatcher:
                 delivered.add(index)
         for execution_rows, indexes in run.executions:
             succeeded = [batch[i] for i in indexes if i in delivered]
+            if len(succeeded) != len(indexes):
+                self._stats.computed_unanswered(sum(batch[i].rows for i in indexes if i not in delivered))
             if succeeded:
                 self._stats.batch_done(execution_rows, succeeded)
 
@@ -433,10 +588,14 @@ class DynamicBatcher:
                 if not request.future.done():
                     request.future.set_exception(error)
         self._queued = 0
+        self._rows_by_level = [0] * len(self._queues)
 
 
 def _as_infer_error(model: str, exc: BaseException) -> InferError:
+    """What the client sees of a failure: an InferError as it is; anything else, which may carry another
+    request's data or the server's internals, as INTERNAL with an id that finds the details in the log."""
     if isinstance(exc, InferError):
         return exc
-    logger.error("model '%s' failed to execute: %r", model, exc)
-    return InferError(f"model '{model}' failed to execute: {type(exc).__name__}: {exc}")
+    error_id = uuid.uuid4().hex[:12]
+    logger.error("model '%s' failed to execute (error id %s): %s: %s", model, error_id, type(exc).__name__, exc)
+    return InferError(f"model '{model}' failed to execute (error id {error_id}); the server log has the details")

@@ -65,6 +65,9 @@ class ModelStats(Stats):
     fold_due_ns: int = 0
     busy_ns: int = 0  # compute + transform time of every batch, summed: what cost is charged on
     in_flight: int = 0  # requests received and not yet answered
+    # Rows computed whose request nobody waited for any more (cancelled, or its deadline passed while it ran):
+    # the work admission and the checks before a batch starts keep from happening; 0 on a healthy server.
+    computed_unanswered_rows: int = 0
     failures: dict[str, int] = field(default_factory=dict)  # failed requests by gRPC status code name
     drift_every: int = 0  # sample every Nth batch's inputs for the drift monitor; 0 = off
     drift_pending: deque[list[Tensors]] = field(default_factory=lambda: deque(maxlen=DRIFT_PENDING_BATCHES))
@@ -143,6 +146,9 @@ class ModelStats(Stats):
         self.batch_log.append((rows, 1, compute_ns, busy_ns))
         self.last_done_ns = done_ns
         self._maybe_fold(done_ns)
+
+    def computed_unanswered(self, rows: int) -> None:
+        self.computed_unanswered_rows += rows
 
     def request_succeeded(self, duration_ns: int) -> None:
         self.success.add(duration_ns)

@@ -75,11 +75,40 @@ class ModelUnavailable(InferError):
 class QueueFull(InferError):
     status = Status.RESOURCE_EXHAUSTED
 
-    def __init__(self, model: str, max_queue_size: int) -> None:
-        super().__init__(
-            f"model '{model}' queue is full: {max_queue_size} requests already waiting "
-            "(dynamic_batching.default_queue_policy.max_queue_size); retry later"
-        )
+    def __init__(self, model: str, max_queue_size: int,
+                 field: str = "dynamic_batching.default_queue_policy.max_queue_size") -> None:
+        super().__init__(f"model '{model}' queue is full: {max_queue_size} requests already waiting ({field}); "
+                         "retry later")
+
+
+class TooManyInFlight(InferError):
+    """The server-wide limit on inference requests received and not yet answered."""
+
+    status = Status.RESOURCE_EXHAUSTED
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the server already has {limit} inference requests in flight (--max-inflight-requests "
+                         f"{limit}); retry later or on another server")
+
+
+class CannotFinish(InferError):
+    """Refused at admission: the work queued ahead means the request would miss its deadline anyway."""
+
+    status = Status.DEADLINE_EXCEEDED
+
+    def __init__(self, model: str, reason: str) -> None:
+        super().__init__(f"request to model '{model}' {reason}")
+
+
+class ExecutionTimeout(InferError):
+    """A model execution ran past its limit: its requests fail and the instance is replaced."""
+
+    status = Status.DEADLINE_EXCEEDED
+
+    def __init__(self, model: str, timeout_s: float, requests: int) -> None:
+        super().__init__(f"model '{model}' execution ran past its limit of {timeout_s:g} s "
+                         "(--model-execution-timeout-s, or the model's parameter model_execution_timeout_s); "
+                         f"the batch of {requests} request(s) failed and the instance was replaced")
 
 
 class DeadlineExceeded(InferError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -60,6 +61,9 @@ class OnnxRuntime(Runtime):
             self.session = ort.InferenceSession(os.fspath(self.model_path), options, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
             raise ConfigError(f"model '{self.spec.name}': onnxruntime cannot load {self.model_path}: {exc}") from None
+        # Each executor thread's RunOptions, by thread id, so an execution past its timeout can be stopped
+        # from the event loop (RunOptions.terminate ends the run between kernels, also inside a Loop).
+        self._run_options: dict[int, ort.RunOptions] = {}
         self._input_names = {i.name for i in self.session.get_inputs()}
         self._string_inputs = {i.name for i in self.session.get_inputs() if i.type == "tensor(string)"}
 
@@ -95,8 +99,20 @@ class OnnxRuntime(Runtime):
         feeds = {name: value for name, value in inputs.items() if name in self._input_names}
         for name in self._string_inputs & feeds.keys():
             feeds[name] = _as_text(name, feeds[name])
-        values = self.session.run(list(output_names), feeds)
+        thread_id = threading.get_ident()
+        run_options = self._run_options.get(thread_id)
+        if run_options is None:
+            run_options = self._run_options[thread_id] = ort.RunOptions()
+        run_options.terminate = False
+        values = self.session.run(list(output_names), feeds, run_options)
         return dict(zip(output_names, values))
+
+    def interrupt(self, thread_id: int) -> bool:
+        run_options = self._run_options.get(thread_id)
+        if run_options is None:
+            return False
+        run_options.terminate = True
+        return True
 
     def unload(self) -> None:
         del self.session

@@ -37,6 +37,11 @@ class Runtime(abc.ABC):
     def predict(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
         """Runs one batch: inputs by config name (batch dim first) -> the named outputs."""
 
+    def interrupt(self, thread_id: int) -> bool:
+        """Asks the batch running on that thread to stop (an execution past its timeout); returns whether this
+        runtime can. The default cannot: the thread is left to finish while a new one takes its place."""
+        return False
+
     def unload(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Releases the model; the default drops references and lets the GC free them."""
 

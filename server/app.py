@@ -46,6 +46,8 @@ class ServerOptions:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     exit_timeout_s: float = 30.0  # how long shutdown waits for in-flight requests
     shutdown_delay_s: float = 0.0  # on SIGTERM/SIGINT, how long to keep serving while health says NOT_SERVING
+    max_inflight_requests: int = 0  # server-wide inference requests in flight before refusing; 0 = no limit
+    model_execution_timeout_s: float = 0.0  # longest one batch may run before its instance is replaced; 0 = none
     workers: int = 1  # gRPC front-end processes; 1 serves gRPC in this process
     transport: str = "native"  # in-process gRPC: "native" (server/http2.py) or "grpcio"
     loop: str = "auto"  # event loop of the worker processes (see server/loop.py)
@@ -64,10 +66,12 @@ class InferenceServer:
 
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
-        self.registry = ModelRegistry(options.model_repository)
+        self.registry = ModelRegistry(options.model_repository,
+                                      execution_timeout_s=options.model_execution_timeout_s)
         self.telemetry = Telemetry(self.registry, options.telemetry)
         self.service = InferenceService(self.registry, is_explicit_control=options.model_control_mode == "explicit",
-                                        telemetry=self.telemetry, is_strict_readiness=options.is_strict_readiness)
+                                        telemetry=self.telemetry, is_strict_readiness=options.is_strict_readiness,
+                                        max_inflight_requests=options.max_inflight_requests)
         self.edge = Edge(options.max_message_bytes, options.tls, options.token_file, options.restricted_protocols,
                          options.http2_limits)
         self.grpc_port = 0

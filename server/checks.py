@@ -31,6 +31,7 @@ BOUNDS = (
     ("grpc_keepalive_timeout", 0, MAX_C_INT, "ms (grpc-core's channel argument)"),
     ("grpc_http2_min_recv_ping_interval_without_data", 0, MAX_C_INT, "ms (grpc-core's channel argument)"),
     ("drift_every_batches", 0, MAX_C_INT, "batches (0 turns drift off)"),
+    ("max_inflight_requests", 0, MAX_C_INT, "requests (0: no limit)"),
 )
 
 
@@ -51,7 +52,9 @@ def serve_flag_errors(args: argparse.Namespace) -> list[str]:
         if value is not None and not lowest <= value <= highest:
             errors.append(f"{flag_name(dest)} {value}: expected {lowest}..{highest} {unit}")
     for dest, expected in (("exit_timeout_s", "a number of seconds >= 0"),
-                           ("shutdown_delay_s", "a number of seconds >= 0"), ("trace_sampling_ratio", "0..1"),
+                           ("shutdown_delay_s", "a number of seconds >= 0"),
+                           ("model_execution_timeout_s", "a number of seconds >= 0 (0: no limit)"),
+                           ("trace_sampling_ratio", "0..1"),
                            ("drift_psi_threshold", "a number >= 0")):
         value = getattr(args, dest)
         ceiling = 1.0 if dest == "trace_sampling_ratio" else math.inf

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--shutdown-delay-s", type=float, default=0.0, metavar="S",
                        help="on SIGTERM/SIGINT, how long to keep serving with health NOT_SERVING before refusing "
                             "new calls, so load balancers notice (a pre-stop pause; Triton has no such flag)")
+    serve.add_argument("--max-inflight-requests", type=int, default=0, metavar="N",
+                       help="inference requests received and not yet answered, server-wide, beyond which new "
+                            "ones are refused with RESOURCE_EXHAUSTED; default 0, no limit")
+    serve.add_argument("--model-execution-timeout-s", type=float, default=0.0, metavar="S",
+                       help="longest one batch may run: past it its requests fail with DEADLINE_EXCEEDED and a "
+                            "new instance takes its place (a model's parameter model_execution_timeout_s "
+                            "overrides it); default 0, no limit")
     serve.add_argument("--workers", type=_positive_int, default=1, metavar="N",
                        help="gRPC front-end processes. 1 serves gRPC in this process; N > 1 starts N processes "
                             "that share the TCP port and forward to this one, which keeps the models, batchers "
@@ -180,6 +188,8 @@ def _serve(args: argparse.Namespace) -> int:
         load_models=tuple(args.load_model),
         max_message_bytes=args.max_message_bytes,
         exit_timeout_s=args.exit_timeout_s,
+        max_inflight_requests=args.max_inflight_requests,
+        model_execution_timeout_s=args.model_execution_timeout_s,
         shutdown_delay_s=args.shutdown_delay_s,
         workers=args.workers,
         transport=args.transport,
@@ -209,6 +219,13 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         logger.error("%s", exc)
         return 1
+    hung = server.registry.hung_executions()
+    if hung:
+        # Interpreter exit joins every executor thread, and these may never return: the drain is done, so leave.
+        logger.warning("%d model executions past --model-execution-timeout-s are still running; exiting without "
+                       "waiting for them", hung)
+        logging.shutdown()
+        os._exit(0)
     return 0
 
 

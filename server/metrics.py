@@ -70,6 +70,14 @@ class RegistryCollector(Collector):
         in_flight = GaugeMetricFamily("infergate_in_flight_requests", "Requests received and not yet answered",
                                       labels=labels)
         ready = GaugeMetricFamily("infergate_model_ready", "1 when the model version serves", labels=labels)
+        unanswered = CounterMetricFamily("infergate_computed_unanswered_rows", "Rows computed for requests "
+                                         "already cancelled or past their deadline when the outputs came",
+                                         labels=labels)
+        replaced = CounterMetricFamily("infergate_instance_replacements", "Instances replaced after an execution "
+                                       "ran past --model-execution-timeout-s", labels=labels)
+        hung = GaugeMetricFamily("infergate_hung_executions", "Executions past their timeout still running "
+                                 "(a runtime that cannot be interrupted keeps its thread until they end)",
+                                 labels=labels)
         state = GaugeMetricFamily("infergate_model_state", "1 for the model's current state "
                                   "(READY, UNAVAILABLE, LOADING, UNLOADING)", labels=["model", "state"])
         for served in self.registry.all_served():
@@ -86,11 +94,15 @@ class RegistryCollector(Collector):
             busy.add_metric(key, stats.busy_ns / 1e9)
             if isinstance(served, ServedModel):  # a cascade has no queue of its own: its stages' are theirs
                 queued.add_metric(key, served.queued)
+                unanswered.add_metric(key, stats.computed_unanswered_rows)
+                replaced.add_metric(key, served.batcher.replaced_instances)
+                hung.add_metric(key, served.batcher.hung_executions)
             in_flight.add_metric(key, stats.in_flight)
             ready.add_metric(key, 1)
         for entry in self.registry.entries():
             state.add_metric([entry.name, entry.state], 1)
-        yield from (requests, inferences, executions, seconds, busy, queued, in_flight, ready, state)
+        yield from (requests, inferences, executions, seconds, busy, queued, in_flight, ready, state, unanswered,
+                    replaced, hung)
 
     def _telemetry(self) -> Iterator[MetricFamily]:
         models = self.telemetry.attach_all()

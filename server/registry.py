@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
-from infergate.batching.batcher import DynamicBatcher
-from infergate.batching.limits import limits_for
+from infergate.batching.batcher import DynamicBatcher, Watchdog
+from infergate.batching.limits import execution_timeout_s, limits_for
 from infergate.batching.stats import ModelStats
 from infergate.models.config import CASCADE_PLATFORM, ModelSpec, read_config
 from infergate.models.errors import InferError, ModelNotFound, ModelUnavailable, NotAllowed
@@ -39,7 +39,6 @@ class ServedModel:
     io: ModelIO
     batcher: DynamicBatcher
     stats: ModelStats
-    executor: ThreadPoolExecutor
 
     @property
     def name(self) -> str:
@@ -64,7 +63,7 @@ class ServedModel:
 
     async def retire(self, drain_timeout_s: float = 30.0) -> None:
         await self.batcher.stop(drain_timeout_s)
-        self.executor.shutdown(wait=False)
+        self.batcher.executor.shutdown(wait=False)
         self.loaded.runtime.unload()
 
 
@@ -86,8 +85,9 @@ class ModelEntry:
 class ModelRegistry:
     """Loads, serves and unloads the models of one repository."""
 
-    def __init__(self, repository: Path) -> None:
+    def __init__(self, repository: Path, execution_timeout_s: float = 0.0) -> None:
         self.repository = repository
+        self.execution_timeout_s = execution_timeout_s  # --model-execution-timeout-s; 0 = none
         self._entries: dict[str, ModelEntry] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -108,11 +108,12 @@ class ModelRegistry:
         return served
 
     def is_ready(self, name: str, version: str = "") -> bool:
+        """ModelReady's answer: loaded, and not refusing requests for executions hung past their timeout."""
         try:
-            self.get(name, version)
+            served = self.get(name, version)
         except InferError:
             return False
-        return True
+        return not isinstance(served, ServedModel) or served.batcher.is_healthy
 
     def entry(self, name: str) -> ModelEntry:
         """Everything known about one model name; raises ModelNotFound."""
@@ -171,7 +172,7 @@ class ModelRegistry:
                     served: list[Served] = [await load_cascade(self.repository, name, self._stage_target)]
                 else:
                     loaded = await asyncio.to_thread(load_model, self.repository, name)
-                    served = [_serve(v) for v in loaded]
+                    served = [_serve(v, self.execution_timeout_s) for v in loaded]
             except Exception as exc:
                 reason = exc.message if isinstance(exc, InferError) else f"{type(exc).__name__}: {exc}"
                 logger.error("model '%s' failed to load: %s", name, reason)
@@ -220,6 +221,10 @@ class ModelRegistry:
             except Exception:
                 pass  # already logged and recorded as the model's reason
 
+    def hung_executions(self) -> int:
+        """Executions past their timeout still running, over every loaded model (see DynamicBatcher)."""
+        return sum(s.batcher.hung_executions for s in self.all_served() if isinstance(s, ServedModel))
+
     async def stop(self, drain_timeout_s: float) -> None:
         # A cascade holds no batcher: its requests finish, or fail UNAVAILABLE, in its stages' drains.
         await asyncio.gather(*(s.retire(drain_timeout_s) for s in self.all_served()))
@@ -231,20 +236,26 @@ def _still_serving(previous: list[Served], reason: str) -> str:
     return f"the previous load still serves (version {versions}); loading again failed: {reason}"
 
 
-def _serve(loaded: LoadedVersion) -> ServedModel:
+def _serve(loaded: LoadedVersion, server_timeout_s: float) -> ServedModel:
     spec, runtime = loaded.spec, loaded.runtime
     output_names = [t.name for t in spec.outputs]
-    executor = ThreadPoolExecutor(max_workers=spec.instance_count, thread_name_prefix=f"infer-{spec.name}")
     stats = ModelStats()
+
+    def new_executor() -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=spec.instance_count, thread_name_prefix=f"infer-{spec.name}")
 
     def execute(inputs: dict) -> dict:  # type: ignore[type-arg]
         return runtime.predict(inputs, output_names)
 
+    timeout_s = execution_timeout_s(spec, server_timeout_s)
+    watchdog = Watchdog(timeout_s, new_executor, runtime.interrupt) if timeout_s > 0 else None
     features = loaded.features
-    batcher = DynamicBatcher(spec.name, limits_for(spec), execute, executor,
-                             instance_count=spec.instance_count, stats=stats, is_inline=_is_inline(loaded),
-                             assemble=features.assemble if features is not None else None)
-    return ServedModel(loaded, ModelIO.of(spec), batcher, stats, executor)
+    # A watched model runs its batches in threads even when they are fast: a hang on the loop would stop it all.
+    batcher = DynamicBatcher(spec.name, limits_for(spec), execute, new_executor(),
+                             instance_count=spec.instance_count, stats=stats,
+                             is_inline=watchdog is None and _is_inline(loaded),
+                             assemble=features.assemble if features is not None else None, watchdog=watchdog)
+    return ServedModel(loaded, ModelIO.of(spec), batcher, stats)
 
 
 def _is_inline(loaded: LoadedVersion) -> bool:

@@ -12,7 +12,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from infergate.batching.stats import Duration, ModelStats
-from infergate.models.errors import ModelNotFound, NotAllowed, Unsupported
+from infergate.models.errors import ModelNotFound, NotAllowed, TooManyInFlight, Unsupported
 from infergate.proto import grpc_service_pb2 as pb
 from infergate.server.codec import decode_request, encode_response
 from infergate.server.dataplane import InferResult, InferTarget
@@ -44,7 +44,8 @@ class InferenceService:
     """Handlers for every RPC of inference.GRPCInferenceService."""
 
     def __init__(self, registry: ModelRegistry, *, is_explicit_control: bool = False,
-                 telemetry: Telemetry | None = None, is_strict_readiness: bool = True) -> None:
+                 telemetry: Telemetry | None = None, is_strict_readiness: bool = True,
+                 max_inflight_requests: int = 0) -> None:
         self.registry = registry
         self.telemetry = telemetry
         self.tracer = telemetry.tracer if telemetry is not None else None
@@ -55,6 +56,8 @@ class InferenceService:
         self.expected_models: set[str] = set()
         self.on_readiness: Callable[[bool], Awaitable[None]] | None = None  # the transport's health, told of changes
         self.regions = SharedMemoryRegions()
+        self.max_inflight_requests = max_inflight_requests  # --max-inflight-requests; 0 = no limit
+        self.inflight_requests = 0  # ModelInfer calls received and not yet answered, every model and worker
         self.version = _version()
 
     # -- health and metadata ----------------------------------------------------------
@@ -110,7 +113,10 @@ class InferenceService:
         trace_parent = self.tracer.sample(context.invocation_metadata()) if self.tracer is not None else None
         result: InferResult | None = None
         stats.in_flight += 1
+        self.inflight_requests += 1
         try:
+            if self.max_inflight_requests and self.inflight_requests > self.max_inflight_requests:
+                raise TooManyInFlight(self.max_inflight_requests)
             decoded = decode_request(request, target.io, self.regions)
             remaining_s = context.time_remaining()
             deadline_ns = received_ns + int(remaining_s * 1e9) if remaining_s is not None else 0
@@ -120,6 +126,7 @@ class InferenceService:
         except BaseException as exc:
             failed_ns = time.monotonic_ns()
             stats.in_flight -= 1
+            self.inflight_requests -= 1
             code = code_of(exc).name
             stats.request_failed(failed_ns - received_ns, code)
             if trace_parent is not None:
@@ -127,6 +134,7 @@ class InferenceService:
             raise
         sent_ns = time.monotonic_ns()
         stats.in_flight -= 1
+        self.inflight_requests -= 1
         stats.request_succeeded(sent_ns - received_ns)
         if trace_parent is not None:
             self._trace(trace_parent, target, request, received_ns, sent_ns, result, "OK")

@@ -203,3 +203,40 @@ parameters {{ key: "adaptive_queue_delay" value: {{ string_value: "off" }} }}
     standardize = kernels.Standardize(tuple(range(n_in)), mean=tuple(mean), scale=tuple(scale))
     kernels.Pipeline([standardize], n_in).save(root / name)
     return mean, scale
+
+
+HANG_TRIPS = 1e9  # a value in INPUT0's column 0 that makes its batch run ~forever (until interrupted)
+
+
+def hanging(root: Path, name: str, max_batch_size: int = 8, parameters: dict[str, str] | None = None) -> None:
+    """A fault-injection model: INPUT0 FP32 [b, 4] -> OUTPUT0 = INPUT0 and OUTPUT1 = sqrt(INPUT0).
+
+    The batch runs a Loop of max(column 0) trips of a tiny MatMul: 0 trips for ordinary rows (OUTPUT0 is
+    the input unchanged), HANG_TRIPS for a row marked to hang; ONNX Runtime's RunOptions.terminate can stop it.
+    A negative value gives NaN in that row of OUTPUT1 only (a model that returns NaN on marked rows)."""
+    width = 4
+    body = tanh_loop_body(width)
+    weight = numpy_helper.from_array(np.eye(width, dtype=np.float32), "W")
+    consts = [numpy_helper.from_array(np.array(True), "cond"), weight,
+              numpy_helper.from_array(np.array([0], np.int64), "zero"),
+              numpy_helper.from_array(np.array([1], np.int64), "one")]
+    nodes = [
+        helper.make_node("Slice", ["INPUT0", "zero", "one", "one"], ["marks"]),  # column 0
+        helper.make_node("ReduceMax", ["marks"], ["most"], keepdims=0),
+        helper.make_node("Cast", ["most"], ["trips"], to=TensorProto.INT64),
+        helper.make_node("Loop", ["trips", "cond", "INPUT0"], ["OUTPUT0"], body=body),
+        helper.make_node("Sqrt", ["INPUT0"], ["OUTPUT1"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "hanging", [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", width]),
+         helper.make_tensor_value_info("OUTPUT1", TensorProto.FLOAT, ["batch", width])], consts)
+    _save(helper.make_model(graph, opset_imports=OPSET), root / f"{name}/1/model.onnx")
+    extra = "".join(f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
+                    for key, value in (parameters or {}).items())
+    write(root / f"{name}/config.pbtxt", f"""
+platform: "onnxruntime_onnx"
+max_batch_size: {max_batch_size}
+dynamic_batching {{ max_queue_delay_microseconds: 20000 }}
+parameters {{ key: "adaptive_queue_delay" value: {{ string_value: "off" }} }}
+{extra}""")

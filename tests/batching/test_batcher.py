@@ -13,7 +13,7 @@ import pytest
 from infergate.batching.batcher import DynamicBatcher
 from infergate.batching.policy import BatchLimits, QueuePolicy
 from infergate.batching.stats import ModelStats
-from infergate.models.errors import DeadlineExceeded, InvalidInput, ModelUnavailable, QueueFull
+from infergate.models.errors import DeadlineExceeded, InferError, InvalidInput, ModelUnavailable, QueueFull, Status
 
 
 class GatedModel:
@@ -157,7 +157,8 @@ def test_cancelled_and_expired_requests_are_never_run(executor: ThreadPoolExecut
     asyncio.run(run())
 
 
-def test_a_failing_request_does_not_fail_its_batch(executor: ThreadPoolExecutor) -> None:
+def test_a_failing_request_does_not_fail_its_batch(executor: ThreadPoolExecutor,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
     async def run() -> None:
         model = GatedModel()
         batcher = DynamicBatcher("m", BatchLimits(max_batch_size=4), model, executor)
@@ -168,8 +169,13 @@ def test_a_failing_request_does_not_fail_its_batch(executor: ThreadPoolExecutor)
         model.gate.set()
         await blocker
         assert (await good)["Y"][0, 0] == 2 and (await good2)["Y"][0, 0] == 4
-        with pytest.raises(Exception, match="model 'm' failed to execute: ValueError: NaN in batch"):
+        # Not the exception's text, which may hold another request's data: INTERNAL with an id the log shows.
+        with pytest.raises(InferError, match=r"model 'm' failed to execute \(error id (\w{12})\); the server log "
+                           "has the details") as raised:
             await bad
+        assert raised.value.status is Status.INTERNAL
+        error_id = raised.value.message.split("error id ")[1][:12]
+        assert f"model 'm' failed to execute (error id {error_id}): ValueError: NaN in batch" in caplog.text
 
     asyncio.run(run())
 
@@ -249,7 +255,7 @@ def test_inline_execution_runs_on_the_loop_and_splits_exactly(executor: ThreadPo
             assert result["Y"][:, 0].tolist() == [2 * v for v in range(i, i + 1 + i % 2)]
         assert stats.inference_count == 9 and stats.execution_count == len(model.batches) < 6
         bad = batcher.submit(rows(float("nan")), 1)
-        with pytest.raises(Exception, match="NaN in batch"):
+        with pytest.raises(InferError, match=r"model .m. failed to execute \(error id \w{12}\)"):
             await bad
 
     asyncio.run(run())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import re
 import threading
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -205,8 +206,18 @@ def test_each_poisoned_request_is_dropped_in_turn(executor: ThreadPoolExecutor) 
     asyncio.run(run())
 
 
+def _logged_cause(caplog: pytest.LogCaptureFixture, error: object) -> str:
+    """What the log says of an INTERNAL error the client saw only by its id (its own exception's text)."""
+    assert isinstance(error, InferError) and error.status is Status.INTERNAL, error
+    match = re.fullmatch(r"model 'm' failed to execute \(error id (\w{12})\); the server log has the details",
+                         error.message)
+    assert match, error.message
+    (line,) = [r.getMessage() for r in caplog.records if f"(error id {match[1]})" in r.getMessage()]
+    return line.split("): ", 1)[1]
+
+
 def test_a_failure_without_a_row_retries_alone_and_each_sees_only_its_own_error(
-        executor: ThreadPoolExecutor) -> None:
+        executor: ThreadPoolExecutor, caplog: pytest.LogCaptureFixture) -> None:
     async def run() -> None:
         model, stats = FaultModel(), ModelStats()
         batcher = DynamicBatcher("m", BatchLimits(max_batch_size=16), model, executor, stats=stats)
@@ -215,9 +226,8 @@ def test_a_failure_without_a_row_retries_alone_and_each_sees_only_its_own_error(
         before = stats.execution_count
         good1, bad1, good2, bad2 = await _outcomes(futures)
         assert good1["Y"][0, 0] == 2 and good2["Y"][0, 0] == 4
-        assert isinstance(bad1, InferError) and isinstance(bad2, InferError)
-        assert bad1.message == "model 'm' failed to execute: ValueError: NaN next to 11.0"
-        assert bad2.message == "model 'm' failed to execute: ValueError: NaN next to 22.0"
+        assert _logged_cause(caplog, bad1) == "ValueError: NaN next to 11.0"
+        assert _logged_cause(caplog, bad2) == "ValueError: NaN next to 22.0"
         assert model.executions == [1, 6, 1, 2, 1, 2]
         assert stats.execution_count - before == 2  # the two good requests, each alone
 
@@ -240,14 +250,15 @@ def test_a_batcher_fault_gives_no_request_another_requests_text(executor: Thread
     asyncio.run(run())
 
 
-def test_a_rerun_that_fails_without_a_row_retries_only_the_requests_left(executor: ThreadPoolExecutor) -> None:
+def test_a_rerun_that_fails_without_a_row_retries_only_the_requests_left(executor: ThreadPoolExecutor,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
     async def run() -> None:
         model = FaultModel()
         batcher = DynamicBatcher("m", BatchLimits(max_batch_size=16), model, executor)
         requests = [_rows(POISON), _rows(np.nan, 5), _rows(3)]
         poisoned, bad, good = await _outcomes(await _submit_behind_a_blocker(batcher, model, requests))
         assert isinstance(poisoned, RowError) and poisoned.row == 0
-        assert bad.message == "model 'm' failed to execute: ValueError: NaN next to 5.0"
+        assert _logged_cause(caplog, bad) == "ValueError: NaN next to 5.0"
         assert good["Y"][0, 0] == 6
         assert model.executions == [1, 4, 3, 2, 1]  # the blocker, the batch, the rerun, then the two alone
 

@@ -49,8 +49,9 @@ def test_full_queue_is_resource_exhausted(url: str) -> None:
 def test_timeout_parameter_expires_in_queue(url: str) -> None:
     """With no default timeout, a request's own `timeout` (us) bounds its time in the queue."""
     async def run() -> tuple[list[str], int]:
-        before = await _executions(url)
         async with aioclient.InferenceServerClient(url) as client:
+            await client.infer("slow", [_tensor()])  # the server has measured the model's batch time
+            before = await _executions(url)
             first = asyncio.ensure_future(client.infer("slow", [_tensor()]))
             await asyncio.sleep(0.005)  # let the first one start running
             queued = await _outcomes(url, 2, timeout=1000)
@@ -58,8 +59,13 @@ def test_timeout_parameter_expires_in_queue(url: str) -> None:
         return queued, await _executions(url) - before
 
     queued, executions = asyncio.run(run())
-    assert all(o.startswith("StatusCode.DEADLINE_EXCEEDED: request to model 'slow' timed out after ") for o in queued)
-    assert all(o.endswith(" us in the queue, before it was run") for o in queued)
+    # The first to arrive is admitted (nothing is queued ahead of it) and expires waiting for the instance; the
+    # second has it ahead, a batch longer than its timeout, and is refused at once by admission.
+    expired, refused = sorted(queued, key=lambda o: "cannot be run" in o)
+    assert expired.startswith("StatusCode.DEADLINE_EXCEEDED: request to model 'slow' timed out after ")
+    assert expired.endswith(" us in the queue, before it was run")
+    assert refused.startswith("StatusCode.DEADLINE_EXCEEDED: request to model 'slow' cannot be run before its "
+                              "queue timeout of 1000 us, and the 1 requests (1 rows) queued ahead of it need at least ")
     assert executions == 1, "timed-out requests must never be computed"
 
 

@@ -1,0 +1,57 @@
+"""Deadline-aware admission: whether a request can still finish in time, from the work queued ahead of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BATCH_TIME_SMOOTHING = 1 / 8  # weight of the newest batch in the mean batch time
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """What is ahead of a new request at one model, as the batcher sees it when the request arrives."""
+
+    requests_ahead: int  # queued at the request's priority level or above
+    rows_ahead: int
+    max_rows: int  # rows in one batch
+    instances: int
+    batch_us: float  # measured mean time of one batch, dispatch to outputs; 0 = not measured yet
+
+
+def finish_us(backlog: Backlog, rows: int) -> tuple[int, int]:
+    """(start, finish): how long until this request's batch starts and until it is done, at the least.
+
+    A lower bound, so that a request is never refused that could have made it: the queue ahead drains in
+    full batches on every instance at once, each taking the mean batch time, and the batches running now
+    are already done. Under overload the batches are full and the bound is close; at light load it is
+    the request's own batch."""
+    if backlog.batch_us <= 0:
+        return 0, 0
+    batches = -(-(backlog.rows_ahead + rows) // backlog.max_rows)
+    waves = -(-batches // max(backlog.instances, 1))
+    return int((waves - 1) * backlog.batch_us), int(waves * backlog.batch_us)
+
+
+def refusal(backlog: Backlog, rows: int, deadline_left_us: int | None, queue_timeout_us: int | None) -> str:
+    """Why a request cannot finish in time, or "" to admit it.
+
+    `deadline_left_us` is the client's deadline, from now (None: no deadline): the request must be done
+    by then. `queue_timeout_us` is the queue policy's timeout (None: none): its batch must start by then."""
+    start_us, end_us = finish_us(backlog, rows)
+    if deadline_left_us is not None and end_us > deadline_left_us:
+        limit = f"its deadline: {deadline_left_us} us left"
+        needed_us = end_us
+    elif queue_timeout_us is not None and start_us > queue_timeout_us:
+        limit = f"its queue timeout of {queue_timeout_us} us"
+        needed_us = start_us
+    else:
+        return ""
+    return (f"cannot be run before {limit}, and the {backlog.requests_ahead} requests ({backlog.rows_ahead} rows) "
+            f"queued ahead of it need at least {needed_us} us at {backlog.batch_us:.0f} us per batch of up to "
+            f"{backlog.max_rows} rows on {backlog.instances} instance(s); refused without queueing, retry with a "
+            "longer deadline or on another server")
+
+
+def smoothed_batch_us(mean_us: float, batch_us: float) -> float:
+    """The mean batch time after one more batch; the first batch sets it."""
+    return batch_us if mean_us <= 0 else mean_us + (batch_us - mean_us) * BATCH_TIME_SMOOTHING

@@ -1,0 +1,232 @@
+"""Overload and hangs at the batcher: admission by deadline, places freed by cancelling, formed batches that drop
+the requests nobody waits for, and the watchdog of --model-execution-timeout-s."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from infergate.batching.admission import Backlog, finish_us, refusal, smoothed_batch_us
+from infergate.batching.batcher import DynamicBatcher, Watchdog
+from infergate.batching.policy import BatchLimits, QueuePolicy
+from infergate.models.errors import CannotFinish, DeadlineExceeded, ExecutionTimeout, ModelUnavailable, QueueFull
+
+
+class Model:
+    """Doubles its input, records each batch's first column; a row of value HANG blocks until released."""
+
+    HANG = -1.0
+
+    def __init__(self, batch_s: float = 0.0) -> None:
+        self.batch_s = batch_s
+        self.batches: list[list[float]] = []
+        self.release = threading.Event()
+        self.interrupted: list[int] = []
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        x = inputs["X"]
+        self.batches.append(x[:, 0].tolist())
+        if (x == self.HANG).any():
+            self.release.wait(10)
+            raise RuntimeError("stopped")
+        time.sleep(self.batch_s)
+        return {"Y": x * 2}
+
+    def interrupt(self, thread_id: int) -> bool:
+        self.interrupted.append(thread_id)
+        self.release.set()
+        return True
+
+
+def rows(*values: float) -> dict[str, np.ndarray]:
+    return {"X": np.array([[v] for v in values], np.float32)}
+
+
+@pytest.fixture()
+def executor() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(1) as pool:
+        yield pool
+
+
+# -- the decision ---------------------------------------------------------------------------
+
+
+def test_the_estimate_is_full_batches_on_every_instance_at_once() -> None:
+    backlog = Backlog(requests_ahead=10, rows_ahead=30, max_rows=8, instances=2, batch_us=1000.0)
+    assert finish_us(backlog, 2) == (1000, 2000)  # 32 rows: 4 batches, 2 waves
+    assert finish_us(backlog, 3) == (2000, 3000)  # 33 rows: 5 batches, 3 waves
+    assert finish_us(Backlog(0, 0, 8, 1, 1000.0), 1) == (0, 1000)  # alone: its own batch
+    assert finish_us(Backlog(5, 5, 8, 1, 0.0), 1) == (0, 0)  # not measured yet: admitted
+
+
+def test_a_request_is_refused_only_when_even_the_estimate_misses_its_deadline() -> None:
+    backlog = Backlog(requests_ahead=3, rows_ahead=24, max_rows=8, instances=1, batch_us=1000.0)
+    assert refusal(backlog, 8, deadline_left_us=4000, queue_timeout_us=None) == ""
+    reason = refusal(backlog, 8, deadline_left_us=3999, queue_timeout_us=None)
+    assert reason == ("cannot be run before its deadline: 3999 us left, and the 3 requests (24 rows) queued ahead "
+                      "of it need at least 4000 us at 1000 us per batch of up to 8 rows on 1 instance(s); refused "
+                      "without queueing, retry with a longer deadline or on another server")
+    # The queue timeout bounds the wait before the batch starts, not its compute.
+    assert refusal(backlog, 8, deadline_left_us=None, queue_timeout_us=3000) == ""
+    assert "its queue timeout of 2999 us" in refusal(backlog, 8, deadline_left_us=None, queue_timeout_us=2999)
+    assert refusal(backlog, 8, None, None) == ""
+
+
+def test_the_mean_batch_time_starts_at_the_first_batch_and_follows_slowly() -> None:
+    assert smoothed_batch_us(0.0, 800.0) == 800.0
+    assert smoothed_batch_us(800.0, 1600.0) == 900.0
+
+
+# -- the batcher ----------------------------------------------------------------------------
+
+
+def test_a_request_that_cannot_make_its_deadline_is_refused_at_once(executor: ThreadPoolExecutor) -> None:
+    async def run() -> None:
+        model = Model(batch_s=0.02)
+        batcher = DynamicBatcher("m", BatchLimits(max_batch_size=1), model, executor)
+        await batcher.submit(rows(0), 1)  # measures the batch time: about 20 ms
+        queued = [batcher.submit(rows(i), 1) for i in range(1, 6)]
+        await asyncio.sleep(0)
+        # Five batches ahead, at least 20 ms each: 50 ms is not enough, and it is said at once.
+        started = time.monotonic()
+        with pytest.raises(CannotFinish, match=r"request to model 'm' cannot be run before its deadline: \d+ us "
+                           r"left, and the \d requests \(\d rows\) queued ahead of it need at least \d+ us"):
+            batcher.submit(rows(9), 1, deadline_ns=time.monotonic_ns() + 50_000_000)
+        assert time.monotonic() - started < 0.01
+        ok = batcher.submit(rows(7), 1, deadline_ns=time.monotonic_ns() + 5_000_000_000)  # enough time: admitted
+        await asyncio.gather(*queued, ok)
+        assert 9.0 not in [v for batch in model.batches for v in batch]
+
+    asyncio.run(run())
+
+
+def test_a_cancelled_request_frees_its_place_in_a_full_queue_at_once(executor: ThreadPoolExecutor) -> None:
+    async def run() -> None:
+        model = Model()
+        limits = BatchLimits(max_batch_size=1, default_queue_policy=QueuePolicy(max_queue_size=2))
+        batcher = DynamicBatcher("m", limits, model, executor)
+        hung = batcher.submit(rows(Model.HANG), 1)
+        await asyncio.sleep(0.01)
+        first, second = batcher.submit(rows(1), 1), batcher.submit(rows(2), 1)
+        with pytest.raises(QueueFull, match=r"2 requests already waiting \(dynamic_batching\.default_queue_policy"):
+            batcher.submit(rows(3), 1)
+        first.cancel()
+        third = batcher.submit(rows(3), 1)  # the cancelled one's place, not after it reaches the head
+        model.release.set()
+        await asyncio.gather(hung, return_exceptions=True)
+        assert (await second)["Y"][0, 0] == 4 and (await third)["Y"][0, 0] == 6
+        assert 1.0 not in [v for batch in model.batches for v in batch]
+
+    asyncio.run(run())
+
+
+def test_a_formed_batch_drops_what_was_cancelled_or_expired_before_it_started() -> None:
+    async def run() -> None:
+        model = Model()
+        with ThreadPoolExecutor(1) as pool:
+            # The executor's one thread is busy, so the formed batch waits there before it starts.
+            gate = threading.Event()
+            pool.submit(gate.wait, 10)
+            batcher = DynamicBatcher("m", BatchLimits(max_batch_size=4), model, pool)
+            cancelled = batcher.submit(rows(1), 1)
+            expiring = batcher.submit(rows(2), 1, deadline_ns=time.monotonic_ns() + 30_000_000)
+            kept = batcher.submit(rows(3), 1)
+            await asyncio.sleep(0.01)  # the batch of three is formed and handed to the executor
+            assert batcher.queued == 0
+            cancelled.cancel()
+            await asyncio.sleep(0.05)  # past the second one's deadline
+            gate.set()
+            assert (await kept)["Y"][0, 0] == 6
+            with pytest.raises(DeadlineExceeded, match="before it was run"):
+                await expiring
+        assert model.batches == [[3.0]]
+
+    asyncio.run(run())
+
+
+class Executors:
+    """The executors a watched batcher asks for: its first, then one per replaced instance."""
+
+    def __init__(self) -> None:
+        self.made: list[ThreadPoolExecutor] = []
+
+    def __call__(self) -> ThreadPoolExecutor:
+        self.made.append(ThreadPoolExecutor(1))
+        return self.made[-1]
+
+
+@pytest.fixture()
+def new_executor() -> Iterator[Executors]:
+    executors = Executors()
+    yield executors
+    for pool in executors.made:
+        pool.shutdown()
+
+
+def test_a_hung_execution_fails_its_requests_in_time_and_a_new_instance_serves(
+        caplog: pytest.LogCaptureFixture, new_executor: Executors) -> None:
+    async def run() -> None:
+        model = Model()
+        watchdog = Watchdog(0.2, new_executor, model.interrupt)
+        batcher = DynamicBatcher("m", BatchLimits(max_batch_size=4), model, new_executor(), watchdog=watchdog)
+        started = time.monotonic()
+        hung, neighbour = batcher.submit(rows(Model.HANG), 1), batcher.submit(rows(5), 1)
+        behind = None
+        await asyncio.sleep(0.05)
+        behind = batcher.submit(rows(6), 1)  # queued behind the hung execution
+        for future in (hung, neighbour):
+            with pytest.raises(ExecutionTimeout, match=r"model 'm' execution ran past its limit of 0.2 s "
+                               r"\(--model-execution-timeout-s, or the model's parameter model_execution_timeout_s\)"
+                               r"; the batch of 2 request\(s\) failed and the instance was replaced"):
+                await future
+        assert 0.2 <= time.monotonic() - started < 1.0
+        assert (await behind)["Y"][0, 0] == 12  # on the new instance
+        assert model.interrupted and batcher.replaced_instances == 1 and len(new_executor.made) == 2
+        assert (await batcher.submit(rows(7), 1))["Y"][0, 0] == 14
+        await asyncio.sleep(0.05)
+        assert batcher.hung_executions == 0  # the interrupted run ended
+        assert "ran past its 0.2 s timeout; the runtime was told to stop it" in caplog.text
+
+    asyncio.run(run())
+
+
+def test_a_model_whose_runs_stay_hung_refuses_instead_of_leaking_threads(new_executor: Executors) -> None:
+    async def run() -> None:
+        model = Model()
+        # No interrupt: each hung run keeps its thread, as a TorchScript model's would.
+        batcher = DynamicBatcher("m", BatchLimits(max_batch_size=1), model, new_executor(),
+                                 watchdog=Watchdog(0.05, new_executor))
+        for _ in range(2):
+            with pytest.raises(ExecutionTimeout):
+                await batcher.submit(rows(Model.HANG), 1)
+        with pytest.raises(ModelUnavailable, match="2 executions past the execution timeout are still running; it "
+                           "serves again once they end, or reload the model"):
+            batcher.submit(rows(1), 1)
+        model.release.set()
+        await asyncio.sleep(0.1)
+        assert batcher.hung_executions == 0
+        assert (await batcher.submit(rows(1), 1))["Y"][0, 0] == 2
+
+    asyncio.run(run())
+
+
+def test_rows_computed_for_a_request_cancelled_while_it_ran_are_counted(executor: ThreadPoolExecutor) -> None:
+    from infergate.batching.stats import ModelStats
+
+    async def run() -> ModelStats:
+        model, stats = Model(batch_s=0.05), ModelStats()
+        batcher = DynamicBatcher("m", BatchLimits(max_batch_size=4), model, executor, stats=stats)
+        kept, cancelled = batcher.submit(rows(1), 1), batcher.submit(rows(2, 3), 2)
+        await asyncio.sleep(0.02)  # both are in the running batch
+        cancelled.cancel()
+        assert (await kept)["Y"][0, 0] == 2
+        return stats
+
+    stats = asyncio.run(run())
+    assert (stats.computed_unanswered_rows, stats.inference_count, stats.success.count) == (2, 3, 0)
