@@ -46,12 +46,8 @@ def overload_plot(report: dict[str, Any], path: Path) -> None:
     right.set_ylabel("ms, correct answers, from their due time")
     right.set_title(f"admitted latency; P99 ratio {report['p99_ratio']}")
     right.legend(fontsize="small")
-    verdict = "PASSED" if report["verdict"]["passed"] else "FAILED"
-    fig.suptitle(f"overload: capacity {report['capacity_per_s']:.0f}/s, deadline {report['deadline_ms']:g} ms: "
-                 f"{verdict}", fontsize="medium")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path, report, f"overload: capacity {report['capacity_per_s']:.0f}/s, deadline "
+          f"{report['deadline_ms']:g} ms")
 
 
 def sigterm_plot(report: dict[str, Any], path: Path) -> None:
@@ -69,9 +65,13 @@ def sigterm_plot(report: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("time to its outcome, ms")
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
-    verdict = "PASSED" if report["verdict"]["passed"] else "FAILED"
-    ax.set_title(f"SIGTERM under load: exit {report['exit_status']} after {report['sigterm_to_exit_s']} s "
-                 f"(grace {report['grace_s']:g} s): {verdict}", fontsize="medium")
+    _save(plt, fig, path, report, f"SIGTERM under load: exit {report['exit_status']} after "
+          f"{report['sigterm_to_exit_s']} s (grace {report['grace_s']:g} s)")
+
+
+def _save(plt: Any, fig: Any, path: Path, report: dict[str, Any], title: str) -> None:
+    """The title with the run's verdict, then the PNG."""
+    fig.suptitle(f"{title}: {'PASSED' if report['verdict']['passed'] else 'FAILED'}", fontsize="medium")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
