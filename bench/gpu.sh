@@ -106,6 +106,7 @@ MODELS = ("mlp_small", "mlp_large", "resnet50")
 SERVED_MODELS = ("mlp_small",) if IS_DRY else (*MODELS, "resnet50_torch")
 SERVING_LINE = re.compile(r"serving (\d+)/(\d+) models; gRPC on (\S+?)(?:;|\s).*?\(([^)]*)\)\s*$", re.M)
 skipped: list[str] = []
+live_servers: list[Server] = []  # started and not yet stopped: killed if this process is told to stop
 
 
 def left_s(part: str = "frontend") -> float:
@@ -405,6 +406,7 @@ class Server:
             [sys.executable, "-m", "infergate.server", "serve", "--model-repository", str(repository),
              "--grpc-address", "127.0.0.1:0", "--metrics-address", "none", "--exit-timeout-s", "5", *flags],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        live_servers.append(self)
         deadline = time.monotonic() + min(SERVER_START_S, max(left_s() - 5, 1))
         found = None
         while time.monotonic() < deadline and self.process.poll() is None:
@@ -428,6 +430,20 @@ class Server:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(10)
         self.log.close()
+        live_servers.remove(self)
+
+
+def on_stop_signal(signum: int, _frame: Any) -> None:
+    """The hard limit's SIGTERM (or a Ctrl-C): the servers, in sessions of their own, go too; the report on
+    disk is the one written after the last step."""
+    for server in live_servers:
+        try:
+            os.killpg(server.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    print(f"gpu.sh: stopped by signal {signum} after {time.monotonic() - STARTED:.0f} s; {OUT / 'gpu-bench.md'} "
+          "holds what was measured until then", file=sys.stderr)
+    os._exit(128 + signum)
 
 
 def measure(address: str, model: str, batch: int, concurrency: int, processes: int = 1) -> dict[str, Any]:
@@ -619,6 +635,8 @@ def report(doc: dict[str, Any]) -> str:
 
 
 def main() -> int:
+    signal.signal(signal.SIGTERM, on_stop_signal)
+    signal.signal(signal.SIGINT, on_stop_signal)
     doc: dict[str, Any] = {
         "host": host(), "budget_s": BUDGET_S, "elapsed_s": 0.0, "is_complete": False,
         "settings": {"batches": BATCHES, "served_batches": SERVED_BATCHES, "served_concurrency": SERVED_CONCURRENCY,
