@@ -200,3 +200,23 @@ def test_probe_over_a_unix_socket_through_a_drain(tmp_path: Path, test_repositor
         raise
     assert server.process.wait(30) == 0  # the drain ends by itself; a second SIGTERM would exit with 143
     server.stop()
+
+
+# -- deploy/README.md ----------------------------------------------------------------------------------------
+
+def test_the_deploy_readme_names_what_the_files_pin(check: ModuleType) -> None:
+    """A pin changed in a Dockerfile, in deploy/check.py or in the vendored schemas is changed in the README."""
+    readme = " ".join((ROOT / "deploy" / "README.md").read_text().split())  # line breaks as spaces
+    pinned = []
+    for name in check.DOCKERFILES:
+        variables = check.dockerfile_variables(check.dockerfile_instructions((ROOT / name).read_text()))
+        pinned += [variables[key] for key in ("PYTHON_IMAGE", "CUDA_IMAGE", "TORCH_INDEX_URL") if key in variables]
+        pinned += [f"torch=={variables['TORCH_VERSION']}"]
+        if "ORT_GPU_VERSION" in variables:
+            pinned.append(f"onnxruntime-gpu=={variables['ORT_GPU_VERSION']}")
+    pinned.append("Kubernetes " + ".".join(check.KUBERNETES_VERSION.split(".")[:2]))  # "Kubernetes 1.33"
+    commits = {re.search(r"kserve/kserve ([0-9a-f]{40})", path.read_text())[1]  # type: ignore[index]
+               for path in (ROOT / "deploy" / "kserve" / "schema").glob("*.json")}
+    assert len(commits) == 1
+    pinned += commits
+    assert [pin for pin in pinned if pin not in readme] == []
