@@ -259,13 +259,16 @@ def test_a_row_escalated_after_its_deadline_is_not_computed(client: grpcclient.I
 
 def test_a_cancelled_request_is_not_escalated(cascade_server: ServerProcess) -> None:
     x = _rows(np.random.default_rng(5), 3)
-    large_before = _rows_at(cascade_server, "large")
     done = threading.Event()
     with grpcclient.InferenceServerClient(cascade_server.address) as own:
+        started = time.monotonic()
+        _infer(own, "casc_slow", x)  # warm, and how long the slow stage takes (tens of ms on a quiet host)
+        slow_s = time.monotonic() - started
+        large_before = _rows_at(cascade_server, "large")
         tensor = grpcclient.InferInput("INPUT0", list(x.shape), "FP32")
         tensor.set_data_from_numpy(x)
         future = own.async_infer("casc_slow", [tensor], callback=lambda result, error: done.set())
-        time.sleep(0.05)
+        time.sleep(slow_s / 4)  # cancelled while the slow stage still runs, whatever this host's speed
         future.cancel()
         assert done.wait(10)
     time.sleep(1.0)
