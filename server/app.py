@@ -138,7 +138,7 @@ class InferenceServer:
                     sum(1 for e in entries if e.versions), len(entries), where,
                     f"; metrics on http://{metrics.host}:{self.metrics_port}/metrics"
                     if isinstance(metrics, TcpAddress) else "",
-                    f"{options.workers} grpcio worker processes" if options.workers > 1
+                    f"{options.workers} {options.transport} worker processes" if options.workers > 1
                     else f"{options.transport} transport",
                     ", mutual TLS" if options.tls and options.tls.is_mutual else ", TLS" if options.tls else "",
                     "" if self.edge.access.is_open else ", access policy on")

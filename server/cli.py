@@ -23,6 +23,8 @@ from infergate.server.transports.flags import add_http2_flags, http2_limits
 logger = logging.getLogger("infergate")
 
 
+MAX_AUTO_WORKERS = 16  # --workers auto's ceiling: past it, the engine's one loop is the bound
+
 class CommandParser(argparse.ArgumentParser):
     """A subcommand's parser: an unknown flag is its own error, shown with its usage, not the top level's."""
 
@@ -69,14 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="longest one batch may run: past it its requests fail with DEADLINE_EXCEEDED and a "
                             "new instance takes its place (a model's parameter model_execution_timeout_s "
                             "overrides it); default 0, no limit")
-    serve.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+    serve.add_argument("--workers", type=_workers, default=1, metavar="N|auto",
                        help="gRPC front-end processes. 1 serves gRPC in this process; N > 1 starts N processes "
-                            "that share the TCP port and forward to this one, which keeps the models, batchers "
-                            "and statistics (gRPC framing, not compute, bounds one Python process)")
+                            "that share the TCP port, speak --transport and forward to this one, which keeps the "
+                            "models, batchers and statistics (gRPC framing, not compute, bounds one Python "
+                            "process); auto: one per two usable cores, 1 on two cores or fewer")
     serve.add_argument("--transport", choices=("native", "grpcio"), default="native",
                        help="gRPC transport of this process: native is infergate's own HTTP/2 (a fraction of "
-                            "grpcio's CPU per call); grpcio is the reference implementation. --workers > 1 "
-                            "always uses grpcio in its worker processes")
+                            "grpcio's CPU per call); grpcio is the reference implementation. With --workers > 1, what "
+                            "the worker processes speak")
     serve.add_argument("--loop", choices=LOOPS, default="auto",
                        help="event loop: auto takes uvloop when installed (10-17%% more requests/s measured "
                             "here), else asyncio's")
@@ -140,6 +143,21 @@ def _example_repository(dest: Path | None) -> Path:
     from infergate.models.examples import build_example_repository, default_repository_dir
 
     return build_example_repository(dest or default_repository_dir())
+
+
+def auto_workers(cores: int) -> int:
+    """--workers auto: a front end per two cores, leaving the rest to the engine's batches and runtimes; one
+    process on a small machine, where a worker costs a core the engine needs (bench/results/workers-*)."""
+    return 1 if cores <= 2 else min(cores // 2, MAX_AUTO_WORKERS)
+
+
+def _workers(text: str) -> int:
+    if text == "auto":
+        return auto_workers(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected auto or a whole number of at least 1, got {text!r}") from None
 
 
 def _positive_int(text: str) -> int:

@@ -1,9 +1,11 @@
 """A front-end worker process: terminates gRPC on the shared port and forwards every call to the engine.
 
 With `infergate serve --workers N` (N > 1), N of these share the gRPC port (SO_REUSEPORT) so the
-HTTP/2 and protobuf framing, which bound a single Python process, runs on every core. Request
-bodies cross to the engine as the bytes the client sent, and responses come back serialized, so a
-worker never parses a tensor. Models, batchers, statistics and metrics stay in the engine, one copy.
+HTTP/2 and protobuf framing, which bound a single Python process, runs on every core. Each speaks
+--transport: the native HTTP/2 transport (the default) or grpcio. Request bodies cross to the engine
+as the bytes the client sent, and responses come back serialized, so a worker never parses a tensor.
+Models, batchers, statistics and metrics stay in the engine, one copy; health and reflection are
+answered in the worker.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from typing import Any
 
 import grpc
 
-from infergate.server import ipc
+from infergate.server import ipc, routes
+from infergate.server.calls import Aborted, BytesMethod
 from infergate.server.health import HealthState
 from infergate.server.loop import LOOPS, in_request_order, run_on_loop
 from infergate.server.protocol import METHOD_NAMES, SERVICE_NAME
-from infergate.server.transports.edge import edge_from_environment
+from infergate.server.transports.edge import Edge, edge_from_environment
 from infergate.server.transports.grpcio import DrainInterceptor, bind, drain, grpc_server
+from infergate.server.transports.native import Http2Server
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +117,25 @@ def _stream(link: EngineLink, method: int) -> Callable[[AsyncIterator[bytes], An
     return call
 
 
+def _stream_item(link: EngineLink, method: int) -> BytesMethod:
+    """One ModelStreamInfer request, for the native transport (which pipelines the stream itself)."""
+
+    async def call(request: bytes, context: Any) -> bytes:
+        timeout_s, metadata = _call_context(context)
+        code, body = await link.call(ipc.STREAM_ITEM, method, request, timeout_s, metadata)
+        if code:
+            raise Aborted(STATUS_BY_VALUE[code], body.decode())
+        return body
+
+    return call
+
+
+def forwarding_methods(link: EngineLink) -> list[BytesMethod]:
+    """Every method of inference.GRPCInferenceService as the native transport's routes take them."""
+    return [_stream_item(link, index) if name == "ModelStreamInfer" else _unary(link, index)
+            for index, name in enumerate(METHOD_NAMES)]
+
+
 def forwarding_handler(link: EngineLink) -> grpc.GenericRpcHandler:
     """Every method of inference.GRPCInferenceService, bytes in and bytes out."""
     handlers: dict[str, grpc.RpcMethodHandler] = {}
@@ -124,7 +147,41 @@ def forwarding_handler(link: EngineLink) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
 
-async def serve(index: int, engine: str, grpc_address: str, exit_timeout_s: float) -> int:
+class _NativeFront:
+    """The native HTTP/2 transport on the shared port, its inference calls forwarded."""
+
+    def __init__(self, edge: Edge, link: EngineLink, health: HealthState) -> None:
+        self.server = Http2Server(routes.build_routes(forwarding_methods(link), health), edge.max_message_bytes,
+                                  limits=edge.limits, ssl_context=edge.ssl_context,
+                                  access=None if edge.access.is_open else edge.access)
+
+    async def start(self, grpc_address: str) -> None:
+        try:
+            await self.server.start(grpc_address, is_port_shared=True)
+        except (OSError, ValueError) as exc:
+            raise OSError(f"cannot listen on --grpc-address {grpc_address}: {exc}") from None
+
+    async def stop(self, grace_s: float) -> None:
+        await self.server.stop(grace_s)
+
+
+class _GrpcioFront:
+    """grpcio on the shared port, its inference calls forwarded."""
+
+    def __init__(self, edge: Edge, link: EngineLink, health: HealthState) -> None:
+        self.edge = edge
+        self.draining = DrainInterceptor()
+        self.server = grpc_server(edge, forwarding_handler(link), health, is_port_shared=True, draining=self.draining)
+
+    async def start(self, grpc_address: str) -> None:
+        bind(self.server, grpc_address, self.edge)
+        await self.server.start()
+
+    async def stop(self, grace_s: float) -> None:
+        await drain(self.server, self.draining, grace_s)
+
+
+async def serve(index: int, engine: str, grpc_address: str, exit_timeout_s: float, transport: str = "native") -> int:
     """Connects to the engine, listens on the shared port, and runs until a signal or the engine's exit."""
     loop = asyncio.get_running_loop()
     edge = edge_from_environment()
@@ -132,14 +189,12 @@ async def serve(index: int, engine: str, grpc_address: str, exit_timeout_s: floa
     _, link = await loop.create_unix_connection(EngineLink, sock=ipc.connect(engine))
     health = HealthState()  # each worker answers health itself: what the engine says, NOT_SERVING as it stops
     link.on_health = health.set_serving
-    draining = DrainInterceptor()
-    server = grpc_server(edge, forwarding_handler(link), health, is_port_shared=True, draining=draining)
+    front = _NativeFront(edge, link, health) if transport == "native" else _GrpcioFront(edge, link, health)
     try:
-        bind(server, grpc_address, edge)
+        await front.start(grpc_address)
     except OSError as exc:
         logger.error("worker %d: %s", index, exc)
         return 1
-    await server.start()
     link.send(ipc.HELLO, 0, f"{index} {os.getpid()}".encode())  # the engine answers with the health to serve
 
     should_exit = asyncio.Event()
@@ -154,11 +209,11 @@ async def serve(index: int, engine: str, grpc_address: str, exit_timeout_s: floa
     health.end()
     if is_engine_gone:
         logger.error("worker %d: the engine process has gone; exiting", index)
-        await server.stop(0)
+        await front.stop(0)
         return 1
     logger.info("worker %d: draining: refusing new calls, waiting up to %g s for those in flight", index,
                 exit_timeout_s)
-    await drain(server, draining, exit_timeout_s)  # the engine still answers what is forwarded meanwhile
+    await front.stop(exit_timeout_s)  # the engine still answers what is forwarded meanwhile
     return 0
 
 
@@ -170,10 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exit-timeout-s", type=float, default=30.0)
     parser.add_argument("--loop", choices=LOOPS, default="auto")
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--transport", choices=("native", "grpcio"), default="native")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s %(name)s[worker {args.index}]: %(message)s")
-    return run_on_loop(serve(args.index, args.engine, args.grpc_address, args.exit_timeout_s), args.loop)
+    return run_on_loop(serve(args.index, args.engine, args.grpc_address, args.exit_timeout_s, args.transport),
+                       args.loop)
 
 
 if __name__ == "__main__":

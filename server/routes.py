@@ -8,12 +8,11 @@ from typing import Any
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from infergate.models.errors import InferError
-from infergate.server.calls import bytes_methods, parse_or_abort
+from infergate.server.calls import BytesMethod, parse_or_abort
 from infergate.server.errors import code_of
 from infergate.server.health import HEALTH_SERVICE, HealthState
 from infergate.server.protocol import METHOD_NAMES, SERVICE_NAME
 from infergate.server.reflection import V1_SERVICE_NAME, reflection_servicer
-from infergate.server.service import InferenceService
 from infergate.server.transports.native import Route, Stream
 
 
@@ -58,10 +57,12 @@ def _reflection() -> Callable[[bytes, Any], Awaitable[bytes]]:
     return call
 
 
-def build_routes(service: InferenceService, health: HealthState) -> dict[bytes, Route]:
-    """Every path the transport answers, by the :path header a gRPC client sends."""
+def build_routes(methods: list[BytesMethod], health: HealthState) -> dict[bytes, Route]:
+    """Every path the transport answers, by the :path header a gRPC client sends: the inference service's
+    methods by index (the service's own, calls.bytes_methods, or a worker's that forward them to the engine),
+    then health and reflection, answered where the connection is."""
     routes: dict[bytes, Route] = {}
-    for name, method in zip(METHOD_NAMES, bytes_methods(service), strict=True):
+    for name, method in zip(METHOD_NAMES, methods, strict=True):
         path = f"/{SERVICE_NAME}/{name}".encode()
         routes[path] = Route(per_message=method) if name == "ModelStreamInfer" else Route(unary=method)
     routes[f"/{HEALTH_SERVICE}/Check".encode()] = Route(unary=_check(health))

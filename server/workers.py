@@ -109,7 +109,7 @@ class WorkerPool:
     """Starts N front-end workers, replaces any that die, and stops them first at shutdown."""
 
     def __init__(self, service: InferenceService, count: int, edge: Edge, *, exit_timeout_s: float, loop_name: str,
-                 log_level: str) -> None:
+                 log_level: str, transport: str = "native") -> None:
         self.service = service
         self.methods = bytes_methods(service)
         self.count = count
@@ -118,6 +118,7 @@ class WorkerPool:
         self.exit_timeout_s = exit_timeout_s
         self.loop_name = loop_name
         self.log_level = log_level
+        self.transport = transport  # what each worker speaks gRPC with: native or grpcio
         self.engine_name = f"@infergate-{os.getpid()}-{os.urandom(4).hex()}"
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
         self.connections: dict[int, WorkerConnection] = {}
@@ -157,6 +158,7 @@ class WorkerPool:
             sys.executable, "-m", "infergate.server.frontend", "--index", str(index),
             "--engine", self.engine_name, "--grpc-address", self.grpc_address,
             "--exit-timeout-s", str(self.exit_timeout_s), "--loop", self.loop_name, "--log-level", self.log_level,
+            "--transport", self.transport,
         ], stdin=subprocess.DEVNULL, env={**os.environ, **self.edge.to_environment()})
 
     def worker_ready(self, connection: WorkerConnection, index: int, pid: int) -> None:

@@ -684,8 +684,9 @@ class Http2Server:
     def _connection(self) -> Http2Connection:
         return Http2Connection(self)
 
-    async def start(self, address: str) -> int:
-        """Binds HOST:PORT (port 0: any free port) or unix:PATH; returns the TCP port (0 for Unix)."""
+    async def start(self, address: str, is_port_shared: bool = False) -> int:
+        """Binds HOST:PORT (port 0: any free port) or unix:PATH; returns the TCP port (0 for Unix).
+        `is_port_shared`: SO_REUSEPORT, so --workers processes accept on one port (the kernel spreads them)."""
         loop = asyncio.get_running_loop()
         tls: dict[str, Any] = {}
         if self.ssl_context is not None:
@@ -697,7 +698,7 @@ class Http2Server:
             return 0
         host, _, port = address.rpartition(":")
         self._server = await loop.create_server(self._connection, host.strip("[]") or None, int(port), backlog=1024,
-                                                **tls)
+                                                reuse_port=is_port_shared or None, **tls)
         return int(self._server.sockets[0].getsockname()[1])
 
     def admit(self, connection: Http2Connection) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from infergate.server import routes
+from infergate.server.calls import bytes_methods
 from infergate.server.health import HealthState
 from infergate.server.service import InferenceService, generic_handler
 from infergate.server.transports.edge import Edge, Transport
@@ -17,7 +18,7 @@ class NativeTransport:
 
     def __init__(self, edge: Edge, service: InferenceService) -> None:
         self.health = HealthState()
-        self.server = Http2Server(routes.build_routes(service, self.health), edge.max_message_bytes,
+        self.server = Http2Server(routes.build_routes(bytes_methods(service), self.health), edge.max_message_bytes,
                                   limits=edge.limits,
                                   ssl_context=edge.ssl_context,
                                   access=None if edge.access.is_open else edge.access)
@@ -38,12 +39,14 @@ class NativeTransport:
 
 def make_transport(name: str, workers: int, edge: Edge, service: InferenceService, *, loop_name: str,
                    log_level: str, exit_timeout_s: float) -> Transport:
-    """--workers N > 1 runs grpcio in N processes; otherwise this process serves with --transport."""
+    """--workers N > 1 runs --transport in N front-end processes; otherwise this process serves with it."""
+    if name not in TRANSPORTS:
+        raise ValueError(f"unknown transport {name!r}; expected one of {', '.join(TRANSPORTS)}")
     if workers > 1:
         from infergate.server.workers import WorkerPool
 
         return WorkerPool(service, workers, edge, exit_timeout_s=exit_timeout_s, loop_name=loop_name,
-                          log_level=log_level)
+                          log_level=log_level, transport=name)
     if name == "native":
         return NativeTransport(edge, service)
     if name == "grpcio":

@@ -1,4 +1,4 @@
-"""`--workers N`: grpcio front-end processes on one port, one engine behind them."""
+"""`--workers N`: front-end processes (native HTTP/2 or grpcio) on one port, one engine behind them."""
 
 from __future__ import annotations
 
@@ -51,8 +51,9 @@ def _infer_on_new_connections(address: str, connections: int, calls: int) -> Non
                 assert client.infer("classifier", [tensor]).as_numpy("PROBS").shape == (1, 4)
 
 
-def test_workers_share_one_engine(test_repository: Path) -> None:
-    server = _serve_workers(test_repository)
+@pytest.mark.parametrize("transport", ["native", "grpcio"])
+def test_workers_share_one_engine(test_repository: Path, transport: str) -> None:
+    server = _serve_workers(test_repository, "--transport", transport)
     try:
         assert len(_worker_pids(server)) == 2
         _infer_on_new_connections(server.address, connections=8, calls=5)
@@ -64,7 +65,7 @@ def test_workers_share_one_engine(test_repository: Path) -> None:
                 client.get_model_metadata("no_such_model")
     finally:
         assert server.stop() == 0
-    assert any("2 grpcio worker processes" in line for line in server.log)
+    assert any(f"2 {transport} worker processes" in line for line in server.log)
 
 
 def test_a_dead_worker_is_replaced(test_repository: Path) -> None:
@@ -97,3 +98,9 @@ def test_a_port_in_use_is_refused_clearly(test_repository: Path, flags: tuple[st
             start_server("--model-repository", str(test_repository), "--grpc-address", f"127.0.0.1:{port}",
                          "--model-control-mode", "explicit", *flags)
     assert f"infergate serve: error: --grpc-address 127.0.0.1:{port}: address already in use" in str(info.value)
+
+
+def test_workers_auto_is_one_process_on_a_small_machine_and_one_per_two_cores_above() -> None:
+    from infergate.server.cli import MAX_AUTO_WORKERS, auto_workers
+
+    assert [auto_workers(cores) for cores in (1, 2, 3, 4, 16, 64)] == [1, 1, 1, 2, 8, MAX_AUTO_WORKERS]
