@@ -36,7 +36,12 @@ def refusal(backlog: Backlog, rows: int, deadline_left_us: int | None, queue_tim
     """Why a request cannot finish in time, or "" to admit it.
 
     `deadline_left_us` is the client's deadline, from now (None: no deadline): the request must be done
-    by then. `queue_timeout_us` is the queue policy's timeout (None: none): its batch must start by then."""
+    by then. `queue_timeout_us` is the queue policy's timeout (None: none): its batch must start by then.
+
+    With nothing queued ahead it is admitted whatever the estimate: only a batch that runs updates the mean,
+    so one slow batch (a cold start, a GC pause) would otherwise refuse an idle model's traffic for good."""
+    if backlog.rows_ahead == 0:
+        return ""
     start_us, end_us = finish_us(backlog, rows)
     if deadline_left_us is not None and end_us > deadline_left_us:
         limit = f"its deadline: {deadline_left_us} us left"

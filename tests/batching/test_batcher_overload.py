@@ -78,6 +78,24 @@ def test_a_request_is_refused_only_when_even_the_estimate_misses_its_deadline() 
     assert refusal(backlog, 8, None, None) == ""
 
 
+def test_a_request_with_nothing_queued_ahead_is_always_admitted() -> None:
+    # A mean inflated by one slow batch must not refuse an idle model's short-deadline traffic for good.
+    assert refusal(Backlog(0, 0, 8, 1, 275_000.0), 1, deadline_left_us=200_000, queue_timeout_us=1000) == ""
+
+
+def test_after_one_slow_batch_an_idle_model_still_serves_short_deadlines(executor: ThreadPoolExecutor) -> None:
+    async def run() -> None:
+        model = Model(batch_s=0.3)
+        batcher = DynamicBatcher("m", BatchLimits(max_batch_size=1), model, executor)
+        await batcher.submit(rows(0), 1)  # the mean is now about 300 ms
+        model.batch_s = 0.0
+        for value in (1, 2, 3):  # each with a deadline far below the mean, at an idle model
+            outputs = await batcher.submit(rows(value), 1, deadline_ns=time.monotonic_ns() + 100_000_000)
+            assert outputs["Y"][0, 0] == 2 * value
+
+    asyncio.run(run())
+
+
 def test_the_mean_batch_time_starts_at_the_first_batch_and_follows_slowly() -> None:
     assert smoothed_batch_us(0.0, 800.0) == 800.0
     assert smoothed_batch_us(800.0, 1600.0) == 900.0
