@@ -193,8 +193,7 @@ class DynamicBatcher:
                 f"parameter 'priority' is {priority}, expected 0 (default) or 1..{self.limits.priority_levels}"
             )
         if not self.is_healthy:
-            raise ModelUnavailable(self.model, "", f"{self.hung_executions} executions past the execution timeout "
-                                   "are still running; it serves again once they end, or reload the model")
+            raise self._hung_error()
         queue = self._queues[level - 1]
         policy = self.limits.policy_for(level)
         if policy.max_queue_size and len(queue) - self._startable_requests(level) >= policy.max_queue_size:
@@ -509,14 +508,17 @@ class DynamicBatcher:
         old.shutdown(wait=False)
         self._free_instances += 1
         if not self.is_healthy:
-            self._fail_all(ModelUnavailable(self.model, "", f"{self.hung_executions} executions past the "
-                                            "execution timeout are still running"))
+            self._fail_all(self._hung_error())
         self._schedule()
 
     @property
     def is_healthy(self) -> bool:
         """False while so many executions past their timeout still run that requests are refused."""
         return self.hung_executions < MAX_HUNG_PER_INSTANCE * self._instances
+
+    def _hung_error(self) -> ModelUnavailable:
+        return ModelUnavailable(self.model, "", f"{self.hung_executions} executions past the execution timeout are "
+                                "still running; it serves again once they end, or reload the model")
 
     @property
     def executor(self) -> Executor:
@@ -527,8 +529,7 @@ class DynamicBatcher:
         if execution.is_abandoned:
             # Its requests were failed at the timeout and its instance replaced; what it produced is dropped.
             self.hung_executions -= 1
-            logger.warning("model '%s': the execution that ran past its timeout ended (%s)", self.model,
-                           "with an error" if run.cancelled() or run.exception() is not None else "with outputs")
+            logger.warning("model '%s': the execution that ran past its timeout ended", self.model)
             return
         if execution.timer is not None:
             execution.timer.cancel()
