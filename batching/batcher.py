@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
-import threading
 import time
 import uuid
 from collections import deque
@@ -28,6 +29,7 @@ from infergate.models.errors import (
     ModelUnavailable,
     QueueFull,
 )
+from infergate.models.runtime import StopToken
 
 logger = logging.getLogger(__name__)
 
@@ -39,13 +41,12 @@ GAP_CAP_DELAYS = 4  # gaps are capped at this many max_queue_delays, so a burst 
 MAX_HUNG_PER_INSTANCE = 2
 
 Tensors = Mapping[str, np.ndarray]
-# Runs one assembled batch (blocking, off the event loop): inputs with the batch dim first -> outputs.
-ExecuteFn = Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]
+# Runs one assembled batch (blocking, off the event loop): inputs with the batch dim first -> outputs. The
+# StopToken is its execution's: stopped when the execution runs past --model-execution-timeout-s, or at shutdown.
+ExecuteFn = Callable[[dict[str, np.ndarray], StopToken], Mapping[str, np.ndarray]]
 # Builds the runtime's inputs from the requests' inputs (blocking, off the event loop); replaces the
 # plain concatenation when a model declares feature transforms (models/features.py).
 AssembleFn = Callable[[list[Tensors]], dict[str, np.ndarray]]
-# Asks the execution running on a thread (by id) to stop; returns whether the runtime can (Runtime.interrupt).
-InterruptFn = Callable[[int], bool]
 
 
 @dataclass(slots=True, eq=False)
@@ -80,6 +81,8 @@ class QueuedRequest:
     rows: int
     future: asyncio.Future[Tensors]
     deadline_ns: int  # absolute monotonic deadline; 0 = none
+    level: int = 0  # its priority level's index (0 = level 1)
+    is_queued: bool = True  # counted in its queue's live counts: not yet taken for a batch, answered or given up
     timings: Timings = field(default_factory=Timings)
 
 
@@ -93,21 +96,24 @@ class BatchRun:
 
 @dataclass(slots=True, eq=False)
 class Execution:
-    """One batch handed to an instance, as the watchdog of --model-execution-timeout-s sees it."""
+    """One batch handed to an instance, as the watchdog of --model-execution-timeout-s and shutdown see it."""
 
-    thread_id: int = 0  # the executor thread running it, once it started
-    is_abandoned: bool = False  # ran past its timeout: its requests were failed and its instance replaced
+    batch: list[QueuedRequest]
+    stop: StopToken = field(default_factory=StopToken)
+    call_started_ns: int = 0  # monotonic; when its current runtime call (the first, or a retry) began
+    is_finished: bool = False  # set by its thread once it makes no more calls, before the loop hears of it
+    is_abandoned: bool = False  # past its timeout, or at shutdown: its requests were failed and it was told to stop
     timer: asyncio.TimerHandle | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Watchdog:
-    """Bounds each execution's time: past `timeout_s` its requests fail, the runtime is asked to stop it, and a
+    """Bounds each runtime call's time: past `timeout_s` its requests fail, the runtime is told to stop it, and a
     fresh executor thread takes its instance's place."""
 
     timeout_s: float
     new_executor: Callable[[], Executor]  # the replacement instances' threads
-    interrupt: InterruptFn | None = None
+    is_interruptible: bool = False  # whether the runtime stops a call when told (Runtime.is_interruptible)
 
 
 class Stats:
@@ -150,10 +156,20 @@ class DynamicBatcher:
         self._clock_ns = clock_ns
         # One FIFO per priority level; index 0 is level 1, the highest priority.
         self._queues: list[deque[QueuedRequest]] = [deque() for _ in range(limits.priority_levels)]
+        # Live counts: requests still waiting, not those answered or given up while queued. Those stay in the
+        # deques (`_dead_queued` of them) until they reach a head or outnumber the live ones.
         self._queued = 0
-        self._rows_by_level = [0] * limits.priority_levels  # rows queued (abandoned ones until purged)
+        self._requests_by_level = [0] * limits.priority_levels
+        self._rows_by_level = [0] * limits.priority_levels
+        self._dead_queued = 0
+        # Queue-timeout deadlines, earliest first: each fails its request at the time even while every instance
+        # is busy (then no decision runs to notice). Entries of requests no longer queued are dropped lazily.
+        self._expiries: list[tuple[int, int, QueuedRequest]] = []
+        self._expiry_seq = itertools.count()
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        self._expiry_at_ns = 0
         self._mean_batch_us = 0.0  # dispatch to outputs, for admission; 0 until the first batch
-        self._in_flight: set[asyncio.Future[Any]] = set()
+        self._in_flight: dict[asyncio.Future[Any], Execution] = {}
         self._is_schedule_pending = False
         self._timer: asyncio.TimerHandle | TimerHandle | None = None
         self._timer_at_ns = 0
@@ -165,6 +181,7 @@ class DynamicBatcher:
         self._watchdog = watchdog
         self.hung_executions = 0  # abandoned past their timeout and still running
         self.replaced_instances = 0  # since load
+        self.on_health_change: Callable[[bool], None] | None = None  # told when is_healthy changes
         # Mean time between arrivals (us) while the model is busy, for the adaptive queue delay;
         # starts as if idle.
         self._gap_cap_us = GAP_CAP_DELAYS * limits.max_queue_delay_us
@@ -194,15 +211,13 @@ class DynamicBatcher:
             )
         if not self.is_healthy:
             raise self._hung_error()
-        queue = self._queues[level - 1]
+        index = level - 1
         policy = self.limits.policy_for(level)
-        if policy.max_queue_size and len(queue) - self._startable_requests(level) >= policy.max_queue_size:
-            self._purge_cancelled(level)  # a cancelled request frees its place at once, not when it reaches the head
-            if len(queue) - self._startable_requests(level) >= policy.max_queue_size:
-                field = (f"dynamic_batching.priority_queue_policy[{level}].max_queue_size"
-                         if level in self.limits.queue_policies else
-                         "dynamic_batching.default_queue_policy.max_queue_size")
-                raise QueueFull(self.model, policy.max_queue_size, field)
+        if policy.max_queue_size and \
+                self._requests_by_level[index] - self._startable_requests(level) >= policy.max_queue_size:
+            field = (f"dynamic_batching.priority_queue_policy[{level}].max_queue_size"
+                     if level in self.limits.queue_policies else "dynamic_batching.default_queue_policy.max_queue_size")
+            raise QueueFull(self.model, policy.max_queue_size, field)
         loop = self._loop or self._bind_loop()
         now_ns = self._clock_ns()
         timeout_us = effective_timeout_us(timeout_us, policy)
@@ -220,11 +235,15 @@ class DynamicBatcher:
         if timeout_us:
             queue_deadline_ns = now_ns + timeout_us * 1000
             deadline_ns = min(deadline_ns, queue_deadline_ns) if deadline_ns else queue_deadline_ns
-        request = QueuedRequest(inputs, rows, loop.create_future(), deadline_ns)
+        request = QueuedRequest(inputs, rows, loop.create_future(), deadline_ns, index)
         request.timings.enqueued_ns = now_ns
-        queue.append(request)
+        self._queues[index].append(request)
         self._queued += 1
-        self._rows_by_level[level - 1] += rows
+        self._requests_by_level[index] += 1
+        self._rows_by_level[index] += rows
+        if timeout_us:
+            # A client's own deadline needs no entry: its transport cancels the call then (outputs() sees it).
+            self._expire_at(deadline_ns, request)
         if not self._is_schedule_pending:
             # Coalesce: every request that arrives in this loop iteration joins one decision.
             self._is_schedule_pending = True
@@ -235,27 +254,82 @@ class DynamicBatcher:
         """Raises CannotFinish when the work queued ahead means the request would miss its deadline anyway."""
         reason = refusal(self._backlog(level), rows, deadline_left_us, queue_timeout_us)
         if reason:
-            self._purge_cancelled(level)  # counted ahead until purged: look again without them
-            reason = refusal(self._backlog(level), rows, deadline_left_us, queue_timeout_us)
-            if reason:
-                raise CannotFinish(self.model, reason)
+            raise CannotFinish(self.model, reason)
 
     def _backlog(self, level: int) -> Backlog:
-        """The queue ahead of a new request at this level: its own level and the higher ones."""
-        ahead = self._queues[:level]
-        return Backlog(sum(len(q) for q in ahead), sum(self._rows_by_level[:level]), self.limits.max_rows,
+        """The live queue ahead of a new request at this level: its own level and the higher ones."""
+        return Backlog(sum(self._requests_by_level[:level]), sum(self._rows_by_level[:level]), self.limits.max_rows,
                        self._instances, self._mean_batch_us)
 
-    def _purge_cancelled(self, level: int) -> None:
-        """Drops the requests already answered (cancelled, expired) from the queues of this level and above."""
-        for index in range(level):
-            queue = self._queues[index]
-            alive = [r for r in queue if not r.future.done()]
-            if len(alive) != len(queue):
-                self._queued -= len(queue) - len(alive)
-                self._rows_by_level[index] = sum(r.rows for r in alive)
-                queue.clear()
-                queue.extend(alive)
+    async def outputs(self, request: QueuedRequest) -> Tensors:
+        """Waits for a queued request's outputs. A caller that gives up (its call cancelled, or past the
+        client's deadline) frees its place in the queue and in admission's count at once."""
+        try:
+            return await request.future
+        except asyncio.CancelledError:
+            self._forget(request)
+            raise
+
+    def _take(self, request: QueuedRequest) -> None:
+        """Takes a request out of its queue's live counts (it stays in the deque until popped)."""
+        request.is_queued = False
+        self._queued -= 1
+        self._requests_by_level[request.level] -= 1
+        self._rows_by_level[request.level] -= request.rows
+
+    def _forget(self, request: QueuedRequest, is_compacting: bool = True) -> None:
+        """A queued request was answered or given up: it no longer counts, and the deques are compacted once the
+        dead outnumber the live (so each death costs O(1) amortized and the dead hold no memory for long)."""
+        if not request.is_queued:
+            return
+        self._take(request)
+        self._dead_queued += 1
+        if is_compacting and self._dead_queued > self._queued:
+            for queue in self._queues:
+                live = [r for r in queue if r.is_queued]
+                if len(live) != len(queue):
+                    queue.clear()
+                    queue.extend(live)
+            self._dead_queued = 0
+
+    def _popleft(self, queue: deque[QueuedRequest]) -> QueuedRequest:
+        request = queue.popleft()
+        if request.is_queued:
+            self._take(request)
+        else:
+            self._dead_queued -= 1
+        return request
+
+    def _expire_at(self, deadline_ns: int, request: QueuedRequest) -> None:
+        heapq.heappush(self._expiries, (deadline_ns, next(self._expiry_seq), request))
+        if len(self._expiries) > 2 * self._queued + 64:
+            # Mostly requests that ran before their deadline: drop them, amortized O(1) per entry.
+            self._expiries = [e for e in self._expiries if e[2].is_queued]
+            heapq.heapify(self._expiries)
+        if self._expiry_timer is None or deadline_ns < self._expiry_at_ns:
+            self._arm_expiry(self._expiries[0][0])
+
+    def _arm_expiry(self, at_ns: int) -> None:
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+        assert self._loop is not None
+        self._expiry_at_ns = at_ns
+        self._expiry_timer = self._loop.call_later(max(at_ns - self._clock_ns(), 0) / 1e9, self._on_expiry)
+
+    def _on_expiry(self) -> None:
+        """Fails the queued requests whose queue timeout has passed, then waits for the next one's."""
+        self._expiry_timer = None
+        now_ns = self._clock_ns()
+        expiries = self._expiries
+        while expiries and (expiries[0][0] <= now_ns or not expiries[0][2].is_queued):
+            _, _, request = heapq.heappop(expiries)
+            if request.is_queued:
+                if not request.future.done():
+                    request.future.set_exception(
+                        DeadlineExceeded(self.model, (now_ns - request.timings.enqueued_ns) // 1000))
+                self._forget(request)
+        if expiries:
+            self._arm_expiry(expiries[0][0])
 
     def _startable_requests(self, level: int) -> int:
         """At most how many queued requests of this level the next decision starts at once (not waiting).
@@ -264,7 +338,7 @@ class DynamicBatcher:
         idle model would count the requests about to run against max_queue_size. Each request has
         at least one row, so the free rows bound the requests that can start."""
         free_rows = self._free_instances * max(self.limits.max_batch_size, 1)
-        return max(0, free_rows - sum(len(q) for q in self._queues[:level - 1]))
+        return max(0, free_rows - sum(self._requests_by_level[:level - 1]))
 
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
         # Bound lazily: futures and timers must belong to the loop that serves requests.
@@ -273,7 +347,7 @@ class DynamicBatcher:
 
     @property
     def queued(self) -> int:
-        """Requests waiting (including abandoned ones not yet purged)."""
+        """Requests waiting (not those answered or given up while queued)."""
         return self._queued
 
     # -- scheduling -----------------------------------------------------------------------
@@ -299,10 +373,9 @@ class DynamicBatcher:
         budget = self.limits.max_rows
         total = 0
         oldest_ns = 0
-        for index, queue in enumerate(self._queues):
+        for queue in self._queues:
             while queue and self._purge_if_dead(queue[0], now_ns):
-                self._rows_by_level[index] -= queue.popleft().rows
-                self._queued -= 1
+                self._popleft(queue)
             for request in queue:
                 if self._purge_if_dead(request, now_ns):
                     continue  # removed lazily when it reaches the head
@@ -319,21 +392,20 @@ class DynamicBatcher:
         return decide(rows, (now_ns - oldest_ns) // 1000, self.limits, self._mean_gap_us)
 
     def _purge_if_dead(self, request: QueuedRequest, now_ns: int) -> bool:
-        if request.future.done():
-            return True
-        if request.deadline_ns and now_ns >= request.deadline_ns:
-            waited_us = (now_ns - request.timings.enqueued_ns) // 1000
-            request.future.set_exception(DeadlineExceeded(self.model, waited_us))
-            return True
-        return False
+        """Whether a queued request is answered already (an expired one gets its DEADLINE_EXCEEDED now); a dead
+        one leaves the live counts (not the deque: the caller may be iterating it)."""
+        if not request.future.done():
+            if not request.deadline_ns or now_ns < request.deadline_ns:
+                return False
+            request.future.set_exception(DeadlineExceeded(self.model, (now_ns - request.timings.enqueued_ns) // 1000))
+        self._forget(request, is_compacting=False)
+        return True
 
     def _pop(self, count: int) -> list[QueuedRequest]:
         batch: list[QueuedRequest] = []
-        for index, queue in enumerate(self._queues):
+        for queue in self._queues:
             while queue and len(batch) < count:
-                request = queue.popleft()
-                self._queued -= 1
-                self._rows_by_level[index] -= request.rows
+                request = self._popleft(queue)
                 if not request.future.done():
                     batch.append(request)
             if len(batch) == count:
@@ -364,16 +436,15 @@ class DynamicBatcher:
         self._free_instances -= 1
         for request in batch:
             request.timings.dispatched_ns = now_ns
-        execution = Execution()
+        execution = Execution(batch)
         if self._is_inline:
             self._complete(batch, self._run_batch(batch, rows, execution))
             return
         run = self._loop.run_in_executor(self._executor, self._run_batch, batch, rows, execution)
-        self._in_flight.add(run)
+        self._in_flight[run] = execution
         run.add_done_callback(lambda done: self._finish(batch, done, execution))
         if self._watchdog is not None:
-            execution.timer = self._loop.call_later(self._watchdog.timeout_s, self._on_overrun, batch, run,
-                                                    execution)
+            execution.timer = self._loop.call_later(self._watchdog.timeout_s, self._on_overrun, run, execution)
 
     def _run_batch(self, batch: list[QueuedRequest], rows: int, execution: Execution) -> BatchRun:
         """In an executor thread: assemble, execute, split. A batch that fails at a row fails only the
@@ -381,7 +452,12 @@ class DynamicBatcher:
         request by request. Either way each request sees only its own error.
 
         Requests cancelled or past their deadline since the batch formed are dropped first, not computed."""
-        execution.thread_id = threading.get_ident()
+        try:
+            return self._run_parts(batch, rows, execution)
+        finally:
+            execution.is_finished = True  # before the loop hears: a watchdog firing now must not abandon it
+
+    def _run_parts(self, batch: list[QueuedRequest], rows: int, execution: Execution) -> BatchRun:
         missing = InferError(f"internal error: model '{self.model}' produced no result for the request")
         run = BatchRun([missing] * len(batch), [])
         now_ns = self._clock_ns()
@@ -398,7 +474,7 @@ class DynamicBatcher:
             part = [batch[i] for i in pending]
             part_rows = rows if len(part) == len(batch) else sum(r.rows for r in part)
             try:
-                results = self._execute_and_split(part, part_rows)
+                results = self._execute_and_split(part, part_rows, execution)
             except Exception as exc:
                 plan = plan_after_failure(self.model, [r.rows for r in part], exc)
                 if plan is None:
@@ -431,14 +507,16 @@ class DynamicBatcher:
             if execution.is_abandoned:
                 return
             try:
-                run.results[index] = self._execute_and_split([request], request.rows)[0]
+                run.results[index] = self._execute_and_split([request], request.rows, execution)[0]
             except Exception as single_exc:
                 run.results[index] = single_exc
                 continue
             run.executions.append((request.rows, [index]))
 
-    def _execute_and_split(self, batch: list[QueuedRequest], rows: int) -> list[Tensors]:
+    def _execute_and_split(self, batch: list[QueuedRequest], rows: int, execution: Execution) -> list[Tensors]:
         clock_ns = self._clock_ns
+        # Each call (a retry too) gets the whole timeout: the watchdog times calls, not the batch's sum of them.
+        execution.call_started_ns = time.monotonic_ns()
         transform_start_ns = transform_end_ns = 0
         if self._assemble is not None:
             transform_start_ns = clock_ns()
@@ -451,7 +529,7 @@ class DynamicBatcher:
             names = batch[0].inputs.keys()
             assembled = {name: np.concatenate([r.inputs[name] for r in batch]) for name in names}
         compute_start_ns = clock_ns()
-        outputs = self._execute(assembled)
+        outputs = self._execute(assembled, execution.stop)
         compute_end_ns = clock_ns()
         if self.limits.max_batch_size == 0:
             # A model that does not batch: one request, outputs returned whole.
@@ -482,34 +560,50 @@ class DynamicBatcher:
             request.timings.done_ns = done_ns
         return results
 
-    def _on_overrun(self, batch: list[QueuedRequest], run: asyncio.Future[BatchRun], execution: Execution) -> None:
-        """On the loop, when an execution outlives the watchdog's timeout: fail its requests, ask the runtime to
-        stop it, and put a fresh instance in its place so the queue behind it moves on."""
-        if run.done():
-            return
+    def _on_overrun(self, run: asyncio.Future[BatchRun], execution: Execution) -> None:
+        """On the loop, when an execution's runtime call outlives the watchdog's timeout: fail its requests, tell
+        the runtime to stop it, and put a fresh instance in its place so the queue behind it moves on."""
+        execution.timer = None
+        if run.done() or execution.is_finished:
+            return  # it ended while this timer was due; _finish has it
         watchdog = self._watchdog
-        assert watchdog is not None
-        execution.is_abandoned = True
-        self._in_flight.discard(run)
-        waiting = [r for r in batch if not r.future.done()]
-        error = ExecutionTimeout(self.model, watchdog.timeout_s, len(batch))
-        for request in waiting:
-            request.future.set_exception(error)
-        is_interrupted = bool(execution.thread_id) and watchdog.interrupt is not None \
-            and watchdog.interrupt(execution.thread_id)
-        self.hung_executions += 1
+        assert watchdog is not None and self._loop is not None
+        left_s = watchdog.timeout_s - (time.monotonic_ns() - execution.call_started_ns) / 1e9
+        if execution.call_started_ns and left_s > 0:
+            # A retry (after a failed row, or one by one) began since: it gets its own full timeout.
+            execution.timer = self._loop.call_later(left_s, self._on_overrun, run, execution)
+            return
+        self._abandon(run, execution, ExecutionTimeout(self.model, watchdog.timeout_s, len(execution.batch)))
         self.replaced_instances += 1
         logger.error("model '%s': an execution of %d requests ran past its %g s timeout; %s, and a new instance "
-                     "takes its place (%d replaced since load)", self.model, len(batch), watchdog.timeout_s,
-                     "the runtime was told to stop it" if is_interrupted else "its thread is left to finish",
-                     self.replaced_instances)
+                     "takes its place (%d replaced since load)", self.model, len(execution.batch),
+                     watchdog.timeout_s, "the runtime was told to stop it" if watchdog.is_interruptible
+                     else "its thread is left to finish", self.replaced_instances)
         # A fresh executor for later batches: the hung thread may never return to this one's pool.
         old, self._executor = self._executor, watchdog.new_executor()
         old.shutdown(wait=False)
         self._free_instances += 1
         if not self.is_healthy:
             self._fail_all(self._hung_error())
+            self._tell_health()
         self._schedule()
+
+    def _abandon(self, run: asyncio.Future[BatchRun], execution: Execution, error: InferError) -> None:
+        """Gives up on a running execution: its requests get `error` now, its runtime call is told to stop, and
+        it counts as hung until its thread returns (_finish)."""
+        execution.is_abandoned = True
+        del self._in_flight[run]
+        if execution.timer is not None:
+            execution.timer.cancel()
+        for request in execution.batch:
+            if not request.future.done():
+                request.future.set_exception(error)
+        execution.stop.stop()
+        self.hung_executions += 1
+
+    def _tell_health(self) -> None:
+        if self.on_health_change is not None:
+            self.on_health_change(self.is_healthy)
 
     @property
     def is_healthy(self) -> bool:
@@ -528,12 +622,16 @@ class DynamicBatcher:
     def _finish(self, batch: list[QueuedRequest], run: asyncio.Future[BatchRun], execution: Execution) -> None:
         if execution.is_abandoned:
             # Its requests were failed at the timeout and its instance replaced; what it produced is dropped.
+            was_healthy = self.is_healthy
             self.hung_executions -= 1
-            logger.warning("model '%s': the execution that ran past its timeout ended", self.model)
+            logger.warning("model '%s': an execution given up on (past its timeout, or after the drain) ended",
+                           self.model)
+            if self.is_healthy != was_healthy:
+                self._tell_health()
             return
         if execution.timer is not None:
             execution.timer.cancel()
-        self._in_flight.discard(run)
+        del self._in_flight[run]
         if run.cancelled():
             self._complete(batch, BatchRun([InferError("batch execution was cancelled")] * len(batch), []))
         elif run.exception() is not None:
@@ -571,25 +669,34 @@ class DynamicBatcher:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def stop(self, drain_timeout_s: float) -> None:
-        """Stops accepting, lets queued and running batches finish within the timeout,
-        then fails whatever is left with UNAVAILABLE."""
+        """Stops accepting, lets queued and running batches finish within the timeout, then fails whatever is
+        left with UNAVAILABLE; executions still running are told to stop (they count as hung until they do)."""
         self._is_accepting = False
         deadline = time.monotonic() + drain_timeout_s
         while (self._queued or self._in_flight) and time.monotonic() < deadline:
             waiters = list(self._in_flight) or [asyncio.ensure_future(asyncio.sleep(0.01))]
             await asyncio.wait(waiters, timeout=max(deadline - time.monotonic(), 0))
-        self._fail_all(ModelUnavailable(self.model, "", "the server is shutting down"))
-        if self._timer is not None:
-            self._timer.cancel()
+        error = ModelUnavailable(self.model, "", "the server is shutting down")
+        for run, execution in list(self._in_flight.items()):
+            logger.warning("model '%s': an execution of %d requests still runs after the %g s drain; its requests "
+                           "fail and it is told to stop", self.model, len(execution.batch), drain_timeout_s)
+            self._abandon(run, execution, error)
+        self._fail_all(error)
+        for timer in (self._timer, self._expiry_timer):
+            if timer is not None:
+                timer.cancel()
 
     def _fail_all(self, error: InferError) -> None:
         for queue in self._queues:
             while queue:
                 request = queue.popleft()
+                request.is_queued = False
                 if not request.future.done():
                     request.future.set_exception(error)
-        self._queued = 0
+        self._queued = self._dead_queued = 0
+        self._requests_by_level = [0] * len(self._queues)
         self._rows_by_level = [0] * len(self._queues)
+        self._expiries.clear()
 
 
 def _as_infer_error(model: str, exc: BaseException) -> InferError:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -18,8 +19,44 @@ logger = logging.getLogger(__name__)
 TORCH_CPU_INSTALL = "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 
 
+class ExecutionStopped(RuntimeError):
+    """Raised in a runtime's thread for an execution told to stop (past its timeout) before its call began."""
+
+
+class StopToken:
+    """One execution's stop signal (--model-execution-timeout-s): the event loop calls stop() when it runs past
+    its timeout, and the runtime running it hears of it however far it has got, before its call or during it.
+
+    Per execution, not per thread: a stop that comes late can never reach the next batch on the same thread."""
+
+    __slots__ = ("is_stopped", "_on_stop")
+
+    def __init__(self) -> None:
+        self.is_stopped = False
+        self._on_stop: Callable[[], None] | None = None
+
+    def stop(self) -> None:
+        """On the loop: marks the execution stopped and stops the runtime call in progress, if one is bound."""
+        self.is_stopped = True
+        on_stop = self._on_stop
+        if on_stop is not None:
+            on_stop()
+
+    def bind(self, on_stop: Callable[[], None]) -> None:
+        """In the runtime's thread, just before its call: how to stop that call. Raises ExecutionStopped if the
+        execution was stopped already. (stop() sets the flag before it reads the hook, bind() sets the hook
+        before it reads the flag: whichever runs second sees the other's write, so no stop is lost.)"""
+        self._on_stop = on_stop
+        if self.is_stopped:
+            raise ExecutionStopped("the execution was stopped before it began (it ran past its timeout)")
+
+
 class Runtime(abc.ABC):
     """One loaded model version. `predict` is blocking and runs in an executor thread."""
+
+    # Whether predict stops its call when its StopToken is stopped (ONNX Runtime: between kernels). One that
+    # cannot leaves its thread running past the timeout while a new thread takes its instance's place.
+    is_interruptible: ClassVar[bool] = False
 
     def __init__(self, spec: ModelSpec, model_path: Path) -> None:
         self.spec = spec
@@ -34,13 +71,10 @@ class Runtime(abc.ABC):
         """Returns (inputs, outputs) as the model file declares them, row dims only when batching."""
 
     @abc.abstractmethod
-    def predict(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
-        """Runs one batch: inputs by config name (batch dim first) -> the named outputs."""
-
-    def interrupt(self, thread_id: int) -> bool:
-        """Asks the batch running on that thread to stop (an execution past its timeout); returns whether this
-        runtime can. The default cannot: the thread is left to finish while a new one takes its place."""
-        return False
+    def predict(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str],
+                stop: StopToken | None = None) -> dict[str, np.ndarray]:
+        """Runs one batch: inputs by config name (batch dim first) -> the named outputs. `stop` is the
+        execution's stop signal (None at warm-up); a runtime that is not interruptible checks it on entry."""
 
     def unload(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Releases the model; the default drops references and lets the GC free them."""

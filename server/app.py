@@ -143,7 +143,7 @@ class InferenceServer:
                     ", mutual TLS" if options.tls and options.tls.is_mutual else ", TLS" if options.tls else "",
                     "" if self.edge.access.is_open else ", access policy on")
         if not self.service.is_ready():
-            failed = sorted(name for name in self.service.expected_models if not self.registry.is_ready(name))
+            failed = sorted(name for name in self.service.expected_models if not self.registry.is_loaded(name))
             logger.warning("not ready: %s did not load (reasons in RepositoryIndex and above), so ServerReady is "
                            "false and health NOT_SERVING until they do; --strict-readiness false serves as ready "
                            "anyway", ", ".join(f"'{name}'" for name in failed))

@@ -6,6 +6,8 @@ import argparse
 import logging
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from infergate.server.app import DEFAULT_MAX_MESSAGE_BYTES, InferenceServer, Ser
 from infergate.server.checks import serve_flag_errors, serve_path_errors
 from infergate.server.help_format import HelpFormatter
 from infergate.server.loop import LOOPS, run_on_loop
+from infergate.server.registry import EXECUTION_THREAD_PREFIX
 from infergate.server.telemetry import cli as telemetry_cli
 from infergate.server.tls import TlsConfigError, tls_options
 from infergate.server.transports.flags import add_http2_flags, http2_limits
@@ -23,6 +26,7 @@ from infergate.server.transports.flags import add_http2_flags, http2_limits
 logger = logging.getLogger("infergate")
 
 
+EXECUTION_JOIN_S = 1.0  # at exit, how long the model-execution threads get to end before the process leaves them
 MAX_AUTO_WORKERS = 16  # --workers auto's ceiling: past it, the engine's one loop is the bound
 
 class CommandParser(argparse.ArgumentParser):
@@ -237,14 +241,28 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         logger.error("%s", exc)
         return 1
-    hung = server.registry.hung_executions()
-    if hung:
-        # Interpreter exit joins every executor thread, and these may never return: the drain is done, so leave.
-        logger.warning("%d model executions past --model-execution-timeout-s are still running; exiting without "
-                       "waiting for them", hung)
+    stuck = running_executions(EXECUTION_JOIN_S)
+    if stuck:
+        # Interpreter exit joins every executor thread, and these may never return (past their timeout, or a
+        # retired model's run still going after the drain): the drain is done, so leave without them.
+        logger.warning("%d model executions are still running after the drain (%s); exiting without waiting for "
+                       "them", len(stuck), ", ".join(stuck))
         logging.shutdown()
         os._exit(0)
     return 0
+
+
+def running_executions(wait_s: float) -> list[str]:
+    """The model-execution threads still alive after `wait_s`: the idle ones of shut-down executors end at once,
+    so those left are executions that did not end, counted or not (a retired model's count goes with it)."""
+    deadline_s = time.monotonic() + wait_s
+    stuck = []
+    for thread in threading.enumerate():
+        if thread.name.startswith(EXECUTION_THREAD_PREFIX):
+            thread.join(max(deadline_s - time.monotonic(), 0))
+            if thread.is_alive():
+                stuck.append(thread.name)
+    return stuck
 
 
 def _refuse(errors: list[str]) -> int:

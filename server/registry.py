@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from infergate.batching.stats import ModelStats
 from infergate.models.config import CASCADE_PLATFORM, ModelSpec, read_config
 from infergate.models.errors import InferError, ModelNotFound, ModelUnavailable, NotAllowed
 from infergate.models.repository import LoadedVersion, list_models, load_model
+from infergate.models.runtime import StopToken
 from infergate.server.dataplane import DecodedRequest, InferResult, InferTarget, ModelIO
 
 if TYPE_CHECKING:
@@ -29,6 +31,8 @@ READY, UNAVAILABLE, LOADING, UNLOADING = "READY", "UNAVAILABLE", "LOADING", "UNL
 # computation itself blocks the loop no longer than a few RPCs' worth of work.
 # Per model: parameters { key: "inline_execution" value: { string_value: "auto|on|off" } }.
 INLINE_MAX_COMPUTE_S = 200e-6
+# The name prefix of every model-execution thread: at exit, one still alive is an execution that never ended.
+EXECUTION_THREAD_PREFIX = "infer-"
 
 
 @dataclass(slots=True, eq=False)
@@ -59,7 +63,7 @@ class ServedModel:
     async def infer(self, request: DecodedRequest, deadline_ns: int) -> InferResult:
         queued = self.batcher.enqueue(request.inputs, request.rows, request.priority, request.timeout_us,
                                       deadline_ns)
-        return InferResult(await queued.future, queued.timings)
+        return InferResult(await self.batcher.outputs(queued), queued.timings)
 
     async def retire(self, drain_timeout_s: float = 30.0) -> None:
         await self.batcher.stop(drain_timeout_s)
@@ -90,6 +94,8 @@ class ModelRegistry:
         self.execution_timeout_s = execution_timeout_s  # --model-execution-timeout-s; 0 = none
         self._entries: dict[str, ModelEntry] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # Told when a model starts or stops refusing for executions hung past their timeout (ModelReady changes).
+        self.on_health_change: Callable[[], None] | None = None
 
     def get(self, name: str, version: str = "") -> Served:
         """The served model for (name, version); "" means the latest ready version."""
@@ -114,6 +120,11 @@ class ModelRegistry:
         except InferError:
             return False
         return not isinstance(served, ServedModel) or served.batcher.is_healthy
+
+    def is_loaded(self, name: str) -> bool:
+        """Whether some version of the model is loaded, ready or not (loading it again would not help)."""
+        entry = self._entries.get(name)
+        return entry is not None and entry.latest is not None
 
     def entry(self, name: str) -> ModelEntry:
         """Everything known about one model name; raises ModelNotFound."""
@@ -172,7 +183,7 @@ class ModelRegistry:
                     served: list[Served] = [await load_cascade(self.repository, name, self._stage_target)]
                 else:
                     loaded = await asyncio.to_thread(load_model, self.repository, name)
-                    served = [_serve(v, self.execution_timeout_s) for v in loaded]
+                    served = [_serve(v, self.execution_timeout_s, self._health_changed) for v in loaded]
             except Exception as exc:
                 reason = exc.message if isinstance(exc, InferError) else f"{type(exc).__name__}: {exc}"
                 logger.error("model '%s' failed to load: %s", name, reason)
@@ -187,7 +198,7 @@ class ModelRegistry:
 
     async def _stage_target(self, cascade: str, name: str, version: int | None) -> InferTarget:
         """A cascade's stage, loaded first if it is in the repository and not loaded."""
-        if not self.is_ready(name) and name in self.discover():
+        if not self.is_loaded(name) and name in self.discover():
             logger.info("cascade '%s': loading its stage '%s'", cascade, name)
             try:
                 await self.load(name)
@@ -214,12 +225,16 @@ class ModelRegistry:
         are logged, not raised."""
         names = self.discover() if names is None else names
         for name in sorted(names, key=self.is_cascade):  # stable: plain models first, each group in name order
-            if self.is_ready(name):
+            if self.is_loaded(name):
                 continue  # a stage some cascade already loaded
             try:
                 await self.load(name)
             except Exception:
                 pass  # already logged and recorded as the model's reason
+
+    def _health_changed(self, is_healthy: bool) -> None:
+        if self.on_health_change is not None:
+            self.on_health_change()
 
     def hung_executions(self) -> int:
         """Executions past their timeout still running, over every loaded model (see DynamicBatcher)."""
@@ -236,25 +251,27 @@ def _still_serving(previous: list[Served], reason: str) -> str:
     return f"the previous load still serves (version {versions}); loading again failed: {reason}"
 
 
-def _serve(loaded: LoadedVersion, server_timeout_s: float) -> ServedModel:
+def _serve(loaded: LoadedVersion, server_timeout_s: float, on_health_change: Callable[[bool], None]) -> ServedModel:
     spec, runtime = loaded.spec, loaded.runtime
     output_names = [t.name for t in spec.outputs]
     stats = ModelStats()
 
     def new_executor() -> ThreadPoolExecutor:
-        return ThreadPoolExecutor(max_workers=spec.instance_count, thread_name_prefix=f"infer-{spec.name}")
+        return ThreadPoolExecutor(max_workers=spec.instance_count,
+                                  thread_name_prefix=f"{EXECUTION_THREAD_PREFIX}{spec.name}")
 
-    def execute(inputs: dict) -> dict:  # type: ignore[type-arg]
-        return runtime.predict(inputs, output_names)
+    def execute(inputs: dict, stop: StopToken) -> dict:  # type: ignore[type-arg]
+        return runtime.predict(inputs, output_names, stop)
 
     timeout_s = execution_timeout_s(spec, server_timeout_s)
-    watchdog = Watchdog(timeout_s, new_executor, runtime.interrupt) if timeout_s > 0 else None
+    watchdog = Watchdog(timeout_s, new_executor, runtime.is_interruptible) if timeout_s > 0 else None
     features = loaded.features
     # A watched model runs its batches in threads even when they are fast: a hang on the loop would stop it all.
     batcher = DynamicBatcher(spec.name, limits_for(spec), execute, new_executor(),
                              instance_count=spec.instance_count, stats=stats,
                              is_inline=watchdog is None and _is_inline(loaded),
                              assemble=features.assemble if features is not None else None, watchdog=watchdog)
+    batcher.on_health_change = on_health_change
     return ServedModel(loaded, ModelIO.of(spec), batcher, stats)
 
 

@@ -59,6 +59,8 @@ class InferenceService:
         self.max_inflight_requests = max_inflight_requests  # --max-inflight-requests; 0 = no limit
         self.inflight_requests = 0  # ModelInfer calls received and not yet answered, every model and worker
         self.version = _version()
+        self._health_tasks: set[asyncio.Task[None]] = set()
+        registry.on_health_change = self._model_health_changed
 
     # -- health and metadata ----------------------------------------------------------
 
@@ -77,6 +79,13 @@ class InferenceService:
         """Tells the transport's health what ServerReady now answers (after a load or an unload)."""
         if self.on_readiness is not None:
             await self.on_readiness(self.is_ready())
+
+    def _model_health_changed(self) -> None:
+        """A model started or stopped refusing for hung executions (on the loop, from its batcher): under
+        --strict-readiness that changes ServerReady, and health follows, so load balancers route around it."""
+        task = asyncio.get_running_loop().create_task(self.readiness_changed())
+        self._health_tasks.add(task)
+        task.add_done_callback(self._health_tasks.discard)
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
         return pb.ModelReadyResponse(ready=self.registry.is_ready(request.name, request.version))

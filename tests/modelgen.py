@@ -240,3 +240,31 @@ max_batch_size: {max_batch_size}
 dynamic_batching {{ max_queue_delay_microseconds: 20000 }}
 parameters {{ key: "adaptive_queue_delay" value: {{ string_value: "off" }} }}
 {extra}""")
+
+
+def hanging_torchscript(root: Path, name: str, parameters: dict[str, str] | None = None) -> None:
+    """The fault model as TorchScript, which cannot be interrupted: INPUT__0 FP32 [b, 4] -> OUTPUT__0, tanh applied
+    max(column 0) times (0 for ordinary rows, which come back unchanged; HANG_TRIPS runs ~forever)."""
+    import torch
+
+    class Hang(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = x
+            for _ in range(int(x[:, 0].max().item())):
+                y = torch.tanh(y)
+            return y
+
+    path = root / f"{name}/1/model.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(Hang().eval()).save(str(path))
+    extra = "".join(f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
+                    for key, value in (parameters or {}).items())
+    write(root / f"{name}/config.pbtxt", """
+platform: "pytorch_libtorch"
+max_batch_size: 8
+input [ { name: "INPUT__0", data_type: TYPE_FP32, dims: [ 4 ] } ]
+output [ { name: "OUTPUT__0", data_type: TYPE_FP32, dims: [ 4 ] } ]
+parameters { key: "inline_execution" value: { string_value: "off" } }
+""" + extra)

@@ -14,6 +14,7 @@ from infergate.batching.batcher import DynamicBatcher
 from infergate.batching.policy import BatchLimits, QueuePolicy
 from infergate.batching.stats import ModelStats
 from infergate.models.errors import DeadlineExceeded, InferError, InvalidInput, ModelUnavailable, QueueFull, Status
+from infergate.models.runtime import StopToken
 
 
 class GatedModel:
@@ -25,7 +26,7 @@ class GatedModel:
         self.batches: list[list[float]] = []
         self.started = threading.Semaphore(0)
 
-    def __call__(self, inputs: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+    def __call__(self, inputs: dict[str, np.ndarray], stop: StopToken | None = None) -> Mapping[str, np.ndarray]:
         self.started.release()
         self.gate.wait(10)
         x = inputs["X"]
@@ -202,10 +203,15 @@ def test_stop_fails_what_cannot_drain_in_time(executor: ThreadPoolExecutor) -> N
         await _started(model)
         waiting = batcher.submit(rows(2), 1)
         await batcher.stop(drain_timeout_s=0.05)
-        with pytest.raises(ModelUnavailable, match="the server is shutting down"):
-            await waiting
+        # Both answered at the drain's end: the queued one, and the running one whose thread goes on.
+        for future in (waiting, running):
+            assert future.done()
+            with pytest.raises(ModelUnavailable, match="the server is shutting down"):
+                await future
+        assert batcher.hung_executions == 1
         model.gate.set()
-        assert (await running)["Y"][0, 0] == 2
+        await asyncio.sleep(0.05)
+        assert batcher.hung_executions == 0  # its thread returned; what it computed is dropped
 
     asyncio.run(run())
 

@@ -16,32 +16,36 @@ from infergate.batching.admission import Backlog, finish_us, refusal, smoothed_b
 from infergate.batching.batcher import DynamicBatcher, Watchdog
 from infergate.batching.policy import BatchLimits, QueuePolicy
 from infergate.models.errors import CannotFinish, DeadlineExceeded, ExecutionTimeout, ModelUnavailable, QueueFull
+from infergate.models.runtime import ExecutionStopped, StopToken
 
 
 class Model:
-    """Doubles its input, records each batch's first column; a row of value HANG blocks until released."""
+    """Doubles its input, records each batch's first column; a row of value HANG blocks until released, or (when
+    interruptible, as ONNX Runtime is) until its execution is told to stop."""
 
     HANG = -1.0
 
-    def __init__(self, batch_s: float = 0.0) -> None:
+    def __init__(self, batch_s: float = 0.0, is_interruptible: bool = True) -> None:
         self.batch_s = batch_s
+        self.is_interruptible = is_interruptible
         self.batches: list[list[float]] = []
         self.release = threading.Event()
-        self.interrupted: list[int] = []
+        self.stops = 0
 
-    def __call__(self, inputs: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+    def __call__(self, inputs: dict[str, np.ndarray], stop: StopToken | None = None) -> Mapping[str, np.ndarray]:
         x = inputs["X"]
         self.batches.append(x[:, 0].tolist())
         if (x == self.HANG).any():
+            if stop is not None and self.is_interruptible:
+                stop.bind(self._stopped)
             self.release.wait(10)
             raise RuntimeError("stopped")
         time.sleep(self.batch_s)
         return {"Y": x * 2}
 
-    def interrupt(self, thread_id: int) -> bool:
-        self.interrupted.append(thread_id)
+    def _stopped(self) -> None:
+        self.stops += 1
         self.release.set()
-        return True
 
 
 def rows(*values: float) -> dict[str, np.ndarray]:
@@ -131,10 +135,15 @@ def test_a_cancelled_request_frees_its_place_in_a_full_queue_at_once(executor: T
         batcher = DynamicBatcher("m", limits, model, executor)
         hung = batcher.submit(rows(Model.HANG), 1)
         await asyncio.sleep(0.01)
-        first, second = batcher.submit(rows(1), 1), batcher.submit(rows(2), 1)
+        # As the server waits for outputs: a call that gives up (cancelled) cancels its wait in outputs().
+        first = asyncio.ensure_future(batcher.outputs(batcher.enqueue(rows(1), 1)))
+        second = batcher.submit(rows(2), 1)
         with pytest.raises(QueueFull, match=r"2 requests already waiting \(dynamic_batching\.default_queue_policy"):
             batcher.submit(rows(3), 1)
+        await asyncio.sleep(0)
         first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        assert batcher.queued == 1
         third = batcher.submit(rows(3), 1)  # the cancelled one's place, not after it reaches the head
         model.release.set()
         await asyncio.gather(hung, return_exceptions=True)
@@ -191,7 +200,7 @@ def test_a_hung_execution_fails_its_requests_in_time_and_a_new_instance_serves(
         caplog: pytest.LogCaptureFixture, new_executor: Executors) -> None:
     async def run() -> None:
         model = Model()
-        watchdog = Watchdog(0.2, new_executor, model.interrupt)
+        watchdog = Watchdog(0.2, new_executor, is_interruptible=True)
         batcher = DynamicBatcher("m", BatchLimits(max_batch_size=4), model, new_executor(), watchdog=watchdog)
         started = time.monotonic()
         hung, neighbour = batcher.submit(rows(Model.HANG), 1), batcher.submit(rows(5), 1)
@@ -205,7 +214,7 @@ def test_a_hung_execution_fails_its_requests_in_time_and_a_new_instance_serves(
                 await future
         assert 0.2 <= time.monotonic() - started < 1.0
         assert (await behind)["Y"][0, 0] == 12  # on the new instance
-        assert model.interrupted and batcher.replaced_instances == 1 and len(new_executor.made) == 2
+        assert model.stops == 1 and batcher.replaced_instances == 1 and len(new_executor.made) == 2
         assert (await batcher.submit(rows(7), 1))["Y"][0, 0] == 14
         await asyncio.sleep(0.05)
         assert batcher.hung_executions == 0  # the interrupted run ended
@@ -216,7 +225,7 @@ def test_a_hung_execution_fails_its_requests_in_time_and_a_new_instance_serves(
 
 def test_a_model_whose_runs_stay_hung_refuses_instead_of_leaking_threads(new_executor: Executors) -> None:
     async def run() -> None:
-        model = Model()
+        model = Model(is_interruptible=False)
         # No interrupt: each hung run keeps its thread, as a TorchScript model's would.
         batcher = DynamicBatcher("m", BatchLimits(max_batch_size=1), model, new_executor(),
                                  watchdog=Watchdog(0.05, new_executor))
@@ -248,3 +257,141 @@ def test_rows_computed_for_a_request_cancelled_while_it_ran_are_counted(executor
 
     stats = asyncio.run(run())
     assert (stats.computed_unanswered_rows, stats.inference_count, stats.success.count) == (2, 3, 0)
+
+
+# -- review of the overload paths: expiry while busy, O(1) forgetting, per-call timeouts, late reports ----------
+
+
+def test_queue_timeouts_expire_on_time_while_every_instance_is_busy(executor: ThreadPoolExecutor) -> None:
+    async def run() -> None:
+        model = Model()
+        limits = BatchLimits(max_batch_size=1, default_queue_policy=QueuePolicy(max_queue_size=2,
+                                                                                default_timeout_us=50_000))
+        batcher = DynamicBatcher("m", limits, model, executor)
+        hung = batcher.submit(rows(Model.HANG), 1)
+        await asyncio.sleep(0.01)  # its batch holds the one instance: no decision runs until it ends
+        started = time.monotonic()
+        waiting = [batcher.submit(rows(1), 1), batcher.submit(rows(2), 1)]
+        for future in waiting:
+            with pytest.raises(DeadlineExceeded, match="timed out after"):
+                await future
+        assert time.monotonic() - started < 0.5  # at the timeout, not when the instance frees (10 s)
+        assert batcher.queued == 0
+        late = batcher.submit(rows(3), 1)  # the expired ones no longer fill the queue
+        model.release.set()
+        await asyncio.gather(hung, return_exceptions=True)
+        assert (await late)["Y"][0, 0] == 6
+
+    asyncio.run(run())
+
+
+def test_callers_that_give_up_leave_the_counts_at_once_and_the_queue_is_compacted(
+        executor: ThreadPoolExecutor) -> None:
+    async def run() -> None:
+        model = Model(batch_s=0.01)
+        batcher = DynamicBatcher("m", BatchLimits(max_batch_size=1), model, executor)
+        await batcher.submit(rows(0), 1)  # measures the batch time: about 10 ms
+        hung = batcher.submit(rows(Model.HANG), 1)
+        await asyncio.sleep(0.01)
+        callers = [asyncio.ensure_future(batcher.outputs(batcher.enqueue(rows(i), 1))) for i in range(1, 201)]
+        await asyncio.sleep(0)
+        for caller in callers[:199]:
+            caller.cancel()
+        await asyncio.gather(*callers[:199], return_exceptions=True)
+        assert batcher.queued == 1
+        assert sum(len(q) for q in batcher._queues) <= 2  # the dead were dropped, not kept until they reach the head
+        # Admission counts only the live one ahead: 2 batches of ~10 ms fit in 100 ms.
+        admitted = batcher.submit(rows(300), 1, deadline_ns=time.monotonic_ns() + 100_000_000)
+        model.release.set()
+        await asyncio.gather(hung, return_exceptions=True)
+        assert (await callers[199])["Y"][0, 0] == 400 and (await admitted)["Y"][0, 0] == 600
+        assert not {float(i) for i in range(1, 200)} & {v for batch in model.batches for v in batch}
+
+    asyncio.run(run())
+
+
+class FailsThenSlow:
+    """A model whose every call takes `call_s`; a batch of more than one request fails without naming a row, so
+    the batcher retries each request alone."""
+
+    def __init__(self, call_s: float) -> None:
+        self.call_s = call_s
+        self.calls = 0
+
+    def __call__(self, inputs: dict[str, np.ndarray], stop: StopToken | None = None) -> Mapping[str, np.ndarray]:
+        self.calls += 1
+        time.sleep(self.call_s)
+        if len(inputs["X"]) > 1:
+            raise RuntimeError("a failure that blames no row")
+        return {"Y": inputs["X"] * 2}
+
+
+def test_the_watchdog_times_each_call_so_retries_do_not_trip_it(new_executor: Executors) -> None:
+    async def run() -> None:
+        model = FailsThenSlow(call_s=0.15)
+        batcher = DynamicBatcher("m", BatchLimits(max_batch_size=4, max_queue_delay_us=20_000), model,
+                                 new_executor(), watchdog=Watchdog(0.25, new_executor))
+        first, second = batcher.submit(rows(1), 1), batcher.submit(rows(2), 1)
+        # Three calls of 0.15 s, 0.45 s in all: each within the 0.25 s timeout.
+        assert (await first)["Y"][0, 0] == 2 and (await second)["Y"][0, 0] == 4
+        assert model.calls == 3 and batcher.replaced_instances == 0
+
+    asyncio.run(run())
+
+
+class LateReporter(ThreadPoolExecutor):
+    """An executor slow to report a finished call (a GIL-starved hand-over): each result comes `delay_s` after
+    the call returned."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__(1)
+        self.delay_s = delay_s
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def, override]
+        def late():  # type: ignore[no-untyped-def]
+            result = fn(*args, **kwargs)
+            time.sleep(self.delay_s)
+            return result
+
+        return super().submit(late)
+
+
+def test_a_run_that_finished_before_the_watchdog_fired_is_not_abandoned() -> None:
+    async def run() -> None:
+        executor = LateReporter(delay_s=0.3)
+        batcher = DynamicBatcher("m", BatchLimits(max_batch_size=1), Model(), executor,
+                                 watchdog=Watchdog(0.1, lambda: ThreadPoolExecutor(1)))
+        assert (await batcher.submit(rows(4), 1))["Y"][0, 0] == 8  # done in time, heard of late
+        assert batcher.replaced_instances == 0 and batcher.hung_executions == 0
+        executor.shutdown()
+
+    asyncio.run(run())
+
+
+def test_stop_tells_a_running_execution_to_stop_and_fails_its_requests(executor: ThreadPoolExecutor) -> None:
+    async def run() -> None:
+        model = Model()
+        batcher = DynamicBatcher("m", BatchLimits(max_batch_size=1), model, executor)
+        hung = batcher.submit(rows(Model.HANG), 1)
+        await asyncio.sleep(0.05)
+        await batcher.stop(drain_timeout_s=0.05)
+        with pytest.raises(ModelUnavailable, match="the server is shutting down"):
+            await hung
+        assert model.stops == 1  # an interruptible runtime ends the call: its thread returns
+        await asyncio.sleep(0.05)
+        assert batcher.hung_executions == 0
+
+    asyncio.run(run())
+
+
+def test_a_stop_token_is_never_lost_whichever_side_comes_first() -> None:
+    stopped: list[str] = []
+    late = StopToken()
+    late.bind(lambda: stopped.append("call"))  # the call is running: stop reaches it
+    late.stop()
+    assert stopped == ["call"]
+    early = StopToken()
+    early.stop()  # before the runtime's call began: the call never starts
+    with pytest.raises(ExecutionStopped, match="stopped before it began"):
+        early.bind(lambda: stopped.append("never"))
+    assert stopped == ["call"] and early.is_stopped

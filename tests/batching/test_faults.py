@@ -22,6 +22,7 @@ from infergate.batching.stats import ModelStats
 from infergate.models.config import ModelSpec, TensorSpec
 from infergate.models.errors import InferError, RowError, Status
 from infergate.models.features import build_stage
+from infergate.models.runtime import StopToken
 from infergate.proto import model_config_pb2 as mc
 
 WIDTH = 2  # features per row
@@ -110,7 +111,7 @@ class FaultModel:
         self.started = threading.Semaphore(0)
         self.executions: list[int] = []  # rows of each call, failed ones too
 
-    def __call__(self, inputs: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+    def __call__(self, inputs: dict[str, np.ndarray], stop: StopToken | None = None) -> Mapping[str, np.ndarray]:
         self.started.release()
         self.gate.wait(10)
         x = inputs["X"]

@@ -3,9 +3,11 @@ parameter), its instance is replaced, and the model serves again; the fault mode
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from harness import ServerProcess, start_server
-from modelgen import HANG_TRIPS, hanging
+from modelgen import HANG_TRIPS, hanging, hanging_torchscript
 
 FLAG_TIMEOUT_S = 0.5  # the server's --model-execution-timeout-s
 PARAMETER_TIMEOUT_S = 0.25  # model hang_fast's own parameter
@@ -107,3 +109,83 @@ def test_metrics_count_the_replaced_instances(server: ServerProcess, client: grp
         time.sleep(0.05)  # the interrupted run ends within a kernel's time
     assert sample("infergate_hung_executions") == 0
 
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "torchscript"])
+def test_an_execution_that_never_ends_does_not_hold_the_exit(tmp_path: Path, runtime: str) -> None:
+    """SIGTERM while a run hangs, long before its execution timeout: its caller gets UNAVAILABLE at the end of the
+    drain, the runtime is told to stop (ONNX Runtime does), and the process exits 0 within the grace period even
+    when the run cannot be stopped (TorchScript: its thread is left behind, not joined for ever)."""
+    if runtime == "torchscript":
+        pytest.importorskip("torch")
+        hanging_torchscript(tmp_path, "hang")
+        name, output = "INPUT__0", "OUTPUT__0"
+    else:
+        hanging(tmp_path, "hang")
+        name, output = "INPUT0", "OUTPUT0"
+    exit_timeout_s = 0.5
+    # A timeout far off: the watchdog never fires here, so only the drain can end the call.
+    server = start_server("--model-repository", str(tmp_path), "--exit-timeout-s", str(exit_timeout_s),
+                          "--model-execution-timeout-s", "600")
+    try:
+        with grpcclient.InferenceServerClient(server.address) as client, ThreadPoolExecutor(1) as pool:
+            ordinary = grpcclient.InferInput(name, [1, 4], "FP32")
+            ordinary.set_data_from_numpy(_rows(0.0))
+            assert np.array_equal(client.infer("hang", [ordinary]).as_numpy(output), _rows(0.0))
+            tensor = grpcclient.InferInput(name, [1, 4], "FP32")
+            tensor.set_data_from_numpy(_rows(HANG_TRIPS))
+            hung = pool.submit(client.infer, "hang", [tensor], client_timeout=20)
+            time.sleep(0.5)  # the run has started
+            signalled_s = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            code = server.process.wait(30)
+            exited_s = time.monotonic() - signalled_s
+            with pytest.raises(InferenceServerException) as refused:
+                hung.result(10)
+    finally:
+        server.stop()
+    assert code == 0
+    assert exited_s < exit_timeout_s + 5.0
+    assert refused.value.status() == "StatusCode.UNAVAILABLE", refused.value
+    assert any("model 'hang': an execution of 1 requests still runs after the 1 s drain" in line
+               for line in server.log)
+    left_behind = any("model executions are still running after the drain" in line for line in server.log)
+    assert left_behind == (runtime == "torchscript")
+
+
+def test_health_says_not_serving_while_hung_runs_refuse_and_serving_once_they_end(tmp_path: Path) -> None:
+    """Under --strict-readiness, a model refusing for executions it cannot stop takes the server out of rotation
+    (health NOT_SERVING, ModelReady false) until they end, without anyone asking ModelReady."""
+    pytest.importorskip("torch")
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    hanging_torchscript(tmp_path, "hang", parameters={"model_execution_timeout_s": "0.2"})
+    server = start_server("--model-repository", str(tmp_path), "--strict-readiness", "true")
+    long_trips = 3_000_000.0  # 2-9 s of TorchScript here: well past the timeout, then it ends by itself
+    try:
+        with grpcclient.InferenceServerClient(server.address) as client, \
+                grpc.insecure_channel(server.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+
+            def status() -> int:
+                return int(health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status)
+
+            assert status() == health_pb2.HealthCheckResponse.SERVING
+            for _ in range(2):  # the cap: 2 hung runs per instance
+                tensor = grpcclient.InferInput("INPUT__0", [1, 4], "FP32")
+                tensor.set_data_from_numpy(_rows(long_trips))
+                with pytest.raises(InferenceServerException, match="ran past its limit of 0.2 s"):
+                    client.infer("hang", [tensor])
+            assert status() == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert not client.is_model_ready("hang") and not client.is_server_ready()
+            deadline_s = time.monotonic() + 30
+            while status() != health_pb2.HealthCheckResponse.SERVING and time.monotonic() < deadline_s:
+                time.sleep(0.05)
+            assert status() == health_pb2.HealthCheckResponse.SERVING
+            assert client.is_model_ready("hang")
+            ordinary = grpcclient.InferInput("INPUT__0", [1, 4], "FP32")
+            ordinary.set_data_from_numpy(_rows(0.0))
+            assert np.array_equal(client.infer("hang", [ordinary]).as_numpy("OUTPUT__0"), _rows(0.0))
+    finally:
+        assert server.stop() == 0
