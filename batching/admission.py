@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 BATCH_TIME_SMOOTHING = 1 / 8  # weight of the newest batch in the mean batch time
+DEVIATION_SMOOTHING = 1 / 4  # weight of the newest batch in the mean deviation (TCP's RTTVAR weight)
+SLOW_BATCH_DEVIATIONS = 2  # a slow batch: the mean and this many mean deviations
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,28 @@ def refusal(backlog: Backlog, rows: int, deadline_left_us: int | None, queue_tim
             "longer deadline or on another server")
 
 
+def too_late_to_start(given_ns: int, left_ns: int, batch_us: float) -> bool:
+    """Whether a queued request about to join a batch would be computed past its deadline: less than one mean
+    batch time is left of it. Only a request that had at least one batch time when it came is dropped: one whose
+    deadline was always shorter (at an idle model, after a slow batch raised the mean) runs, and its batch brings
+    the mean back down; refusing it would refuse such traffic for good."""
+    batch_ns = batch_us * 1000
+    return batch_ns > 0 and given_ns >= batch_ns > left_ns
+
+
+def late_start(left_us: int, waited_us: int, batch_us: float) -> str:
+    """CannotFinish's reason for a request dropped from the queue by too_late_to_start."""
+    return (f"cannot finish before its deadline: {left_us} us left after {waited_us} us in the queue, and a batch "
+            f"takes {batch_us:.0f} us; dropped uncomputed, retry with a longer deadline or on another server")
+
+
 def smoothed_batch_us(mean_us: float, batch_us: float) -> float:
     """The mean batch time after one more batch; the first batch sets it."""
     return batch_us if mean_us <= 0 else mean_us + (batch_us - mean_us) * BATCH_TIME_SMOOTHING
+
+
+def smoothed_deviation_us(deviation_us: float, mean_us: float, batch_us: float) -> float:
+    """The mean absolute deviation of batch times after one more batch, against the mean before it."""
+    if mean_us <= 0:
+        return batch_us / 2  # the first batch: unsure, as TCP starts RTTVAR at half the first sample
+    return deviation_us + (abs(batch_us - mean_us) - deviation_us) * DEVIATION_SMOOTHING

@@ -16,7 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from infergate.batching.admission import Backlog, refusal, smoothed_batch_us
+from infergate.batching.admission import (
+    SLOW_BATCH_DEVIATIONS,
+    Backlog,
+    late_start,
+    refusal,
+    smoothed_batch_us,
+    smoothed_deviation_us,
+    too_late_to_start,
+)
 from infergate.batching.faults import plan_after_failure
 from infergate.batching.policy import WAIT_FOR_ARRIVAL, BatchDecision, BatchLimits, decide, effective_timeout_us
 from infergate.batching.timer import LOOP_TIMER_MIN_US, PRECISE_TIMER, TimerHandle
@@ -81,6 +89,7 @@ class QueuedRequest:
     rows: int
     future: asyncio.Future[Tensors]
     deadline_ns: int  # absolute monotonic deadline; 0 = none
+    finish_by_ns: int = 0  # the client's own deadline (monotonic; 0 = none): its outputs are wanted by then
     level: int = 0  # its priority level's index (0 = level 1)
     is_queued: bool = True  # counted in its queue's live counts: not yet taken for a batch, answered or given up
     timings: Timings = field(default_factory=Timings)
@@ -169,6 +178,7 @@ class DynamicBatcher:
         self._expiry_timer: asyncio.TimerHandle | None = None
         self._expiry_at_ns = 0
         self._mean_batch_us = 0.0  # dispatch to outputs, for admission; 0 until the first batch
+        self._batch_deviation_us = 0.0  # its mean absolute deviation: how much longer one batch may take
         self._in_flight: dict[asyncio.Future[Any], Execution] = {}
         self._is_schedule_pending = False
         self._timer: asyncio.TimerHandle | TimerHandle | None = None
@@ -232,10 +242,11 @@ class DynamicBatcher:
             else self._gap_cap_us
         self._mean_gap_us += (gap_us - self._mean_gap_us) * GAP_SMOOTHING
         self._last_arrival_ns = now_ns
+        finish_by_ns = deadline_ns
         if timeout_us:
             queue_deadline_ns = now_ns + timeout_us * 1000
             deadline_ns = min(deadline_ns, queue_deadline_ns) if deadline_ns else queue_deadline_ns
-        request = QueuedRequest(inputs, rows, loop.create_future(), deadline_ns, index)
+        request = QueuedRequest(inputs, rows, loop.create_future(), deadline_ns, finish_by_ns, index)
         request.timings.enqueued_ns = now_ns
         self._queues[index].append(request)
         self._queued += 1
@@ -346,6 +357,12 @@ class DynamicBatcher:
         return self._loop
 
     @property
+    def _slow_batch_us(self) -> float:
+        """A batch time most batches stay within (the mean and twice its deviation, as TCP bounds round trips):
+        a request with less than this left would most likely be computed past its deadline."""
+        return self._mean_batch_us + SLOW_BATCH_DEVIATIONS * self._batch_deviation_us
+
+    @property
     def queued(self) -> int:
         """Requests waiting (not those answered or given up while queued)."""
         return self._queued
@@ -392,12 +409,19 @@ class DynamicBatcher:
         return decide(rows, (now_ns - oldest_ns) // 1000, self.limits, self._mean_gap_us)
 
     def _purge_if_dead(self, request: QueuedRequest, now_ns: int) -> bool:
-        """Whether a queued request is answered already (an expired one gets its DEADLINE_EXCEEDED now); a dead
-        one leaves the live counts (not the deque: the caller may be iterating it)."""
+        """Whether a queued request is answered already; one that has expired, or can no longer finish by its
+        deadline, gets its DEADLINE_EXCEEDED now. A dead one leaves the live counts (not the deque: the caller
+        may be iterating it)."""
         if not request.future.done():
-            if not request.deadline_ns or now_ns < request.deadline_ns:
+            waited_us = (now_ns - request.timings.enqueued_ns) // 1000
+            if request.deadline_ns and now_ns >= request.deadline_ns:
+                request.future.set_exception(DeadlineExceeded(self.model, waited_us))
+            elif request.finish_by_ns and too_late_to_start(request.finish_by_ns - request.timings.enqueued_ns,
+                                                            request.finish_by_ns - now_ns, self._slow_batch_us):
+                request.future.set_exception(CannotFinish(self.model, late_start(
+                    (request.finish_by_ns - now_ns) // 1000, waited_us, self._slow_batch_us)))
+            else:
                 return False
-            request.future.set_exception(DeadlineExceeded(self.model, (now_ns - request.timings.enqueued_ns) // 1000))
         self._forget(request, is_compacting=False)
         return True
 
@@ -648,8 +672,9 @@ class DynamicBatcher:
         """Frees the instance, hands each request its result, and records each execution that produced outputs."""
         self._free_instances += 1
         if run.executions and batch:
-            self._mean_batch_us = smoothed_batch_us(self._mean_batch_us,
-                                                    (self._clock_ns() - batch[0].timings.dispatched_ns) / 1000)
+            batch_us = (self._clock_ns() - batch[0].timings.dispatched_ns) / 1000
+            self._batch_deviation_us = smoothed_deviation_us(self._batch_deviation_us, self._mean_batch_us, batch_us)
+            self._mean_batch_us = smoothed_batch_us(self._mean_batch_us, batch_us)
         delivered = set()
         for index, (request, result) in enumerate(zip(batch, run.results)):
             if request.future.done():

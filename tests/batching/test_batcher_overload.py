@@ -12,7 +12,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from infergate.batching.admission import Backlog, finish_us, refusal, smoothed_batch_us
+from infergate.batching.admission import (
+    Backlog,
+    finish_us,
+    refusal,
+    smoothed_batch_us,
+    smoothed_deviation_us,
+    too_late_to_start,
+)
 from infergate.batching.batcher import DynamicBatcher, Watchdog
 from infergate.batching.policy import BatchLimits, QueuePolicy
 from infergate.models.errors import CannotFinish, DeadlineExceeded, ExecutionTimeout, ModelUnavailable, QueueFull
@@ -395,3 +402,34 @@ def test_a_stop_token_is_never_lost_whichever_side_comes_first() -> None:
     with pytest.raises(ExecutionStopped, match="stopped before it began"):
         early.bind(lambda: stopped.append("never"))
     assert stopped == ["call"] and early.is_stopped
+
+
+def test_a_request_is_dropped_before_its_batch_when_too_little_of_its_deadline_is_left() -> None:
+    assert too_late_to_start(given_ns=90_000_000, left_ns=40_000_000, batch_us=57_000.0)
+    assert not too_late_to_start(given_ns=90_000_000, left_ns=60_000_000, batch_us=57_000.0)
+    # A deadline that was always shorter than a batch is run: its batch brings an inflated mean back down.
+    assert not too_late_to_start(given_ns=30_000_000, left_ns=1_000_000, batch_us=57_000.0)
+    assert not too_late_to_start(given_ns=90_000_000, left_ns=1, batch_us=0.0)  # not measured yet
+    assert smoothed_deviation_us(0.0, 0.0, 800.0) == 400.0  # the first batch: unsure
+    assert smoothed_deviation_us(400.0, 800.0, 1000.0) == 350.0
+
+
+def test_a_queued_request_that_can_no_longer_finish_in_time_is_not_computed(executor: ThreadPoolExecutor) -> None:
+    async def run() -> None:
+        model = Model(batch_s=0.05)
+        batcher = DynamicBatcher("m", BatchLimits(max_batch_size=1), model, executor)
+        for value in range(8):  # the mean settles at ~50 ms and its deviation shrinks
+            await batcher.submit(rows(value), 1)
+        running = batcher.submit(rows(10), 1)
+        await asyncio.sleep(0.005)  # its batch has started
+        # Admitted (nothing queued ahead), but after the running batch 40 ms are left: less than a batch.
+        late = batcher.submit(rows(11), 1, deadline_ns=time.monotonic_ns() + 90_000_000)
+        with pytest.raises(CannotFinish, match=r"request to model 'm' cannot finish before its deadline: \d+ us "
+                           r"left after \d+ us in the queue, and a batch takes \d+ us; dropped uncomputed"):
+            await late
+        await running
+        # A deadline shorter than a batch from the start still runs, at an idle model.
+        assert (await batcher.submit(rows(12), 1, deadline_ns=time.monotonic_ns() + 30_000_000))["Y"][0, 0] == 24
+        assert 11.0 not in [v for batch in model.batches for v in batch]
+
+    asyncio.run(run())
