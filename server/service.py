@@ -14,6 +14,7 @@ from google.protobuf.message import DecodeError
 from infergate.batching.stats import Duration, ModelStats
 from infergate.models.errors import ModelNotFound, NotAllowed, TooManyInFlight, Unsupported
 from infergate.proto import grpc_service_pb2 as pb
+from infergate.server import cuda_shared_memory
 from infergate.server.codec import decode_request, encode_response
 from infergate.server.dataplane import InferResult, InferTarget
 from infergate.server.errors import code_of, invalid_message, status_of
@@ -251,6 +252,25 @@ class InferenceService:
         self.regions.unregister(request.name)
         return pb.SystemSharedMemoryUnregisterResponse()
 
+    # CUDA shared memory: no region is ever registered (server/cuda_shared_memory.py says why, by the devices seen),
+    # so the status lists none and unregistering is a no-op, as for an unknown system region.
+
+    async def CudaSharedMemoryStatus(self, request: pb.CudaSharedMemoryStatusRequest,
+                                     context: Any) -> pb.CudaSharedMemoryStatusResponse:
+        if request.name:
+            await asyncio.to_thread(cuda_shared_memory.cuda_devices)  # may import torch: not on the loop
+            raise cuda_shared_memory.refuse_status(request.name)
+        return pb.CudaSharedMemoryStatusResponse()
+
+    async def CudaSharedMemoryRegister(self, request: pb.CudaSharedMemoryRegisterRequest,
+                                       context: Any) -> pb.CudaSharedMemoryRegisterResponse:
+        await asyncio.to_thread(cuda_shared_memory.cuda_devices)  # may import torch: not on the loop
+        raise cuda_shared_memory.refuse_register(request.name, request.device_id, request.byte_size)
+
+    async def CudaSharedMemoryUnregister(self, request: pb.CudaSharedMemoryUnregisterRequest,
+                                         context: Any) -> pb.CudaSharedMemoryUnregisterResponse:
+        return pb.CudaSharedMemoryUnregisterResponse()
+
     def _require_explicit(self, action: str) -> None:
         if not self.is_explicit_control:
             raise NotAllowed(f"explicit model {action} is not allowed: start the server with "
@@ -288,6 +308,7 @@ UNARY_METHODS = (
     "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer", "ModelConfig",
     "ModelStatistics", "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload",
     "SystemSharedMemoryStatus", "SystemSharedMemoryRegister", "SystemSharedMemoryUnregister",
+    "CudaSharedMemoryStatus", "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister",
 )
 
 

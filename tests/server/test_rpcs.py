@@ -90,9 +90,28 @@ def test_model_control_needs_explicit_mode(client: grpcclient.InferenceServerCli
 
 def test_unsupported_rpc_is_unimplemented(client: grpcclient.InferenceServerClient) -> None:
     with pytest.raises(InferenceServerException) as info:
-        client.get_cuda_shared_memory_status()
+        client.get_trace_settings()
     assert info.value.status() == "StatusCode.UNIMPLEMENTED"
-    assert info.value.message() == "CudaSharedMemoryStatus is not supported by infergate"
+    assert info.value.message() == "TraceSetting is not supported by infergate"
+
+
+def test_cuda_shared_memory_is_refused_clearly_without_a_gpu(client: grpcclient.InferenceServerClient) -> None:
+    # tritonclient's own calls, as tritonclient.utils.cuda_shared_memory users make them (no GPU on this machine).
+    assert client.get_cuda_shared_memory_status(as_json=True) == {}
+    with pytest.raises(InferenceServerException) as info:
+        client.register_cuda_shared_memory("frames", raw_handle=b"\x00" * 64, device_id=0, byte_size=1 << 20)
+    assert info.value.status() == "StatusCode.FAILED_PRECONDITION"
+    assert info.value.message() == (
+        "CUDA shared memory region 'frames' (device_id 0, byte_size 1048576) cannot be registered: this server sees "
+        "no CUDA device (no GPU, or CUDA_VISIBLE_DEVICES hides it); system shared memory (SystemSharedMemoryRegister, "
+        "tritonclient.utils.shared_memory) works here and on every node")
+    with pytest.raises(InferenceServerException) as info:
+        client.get_cuda_shared_memory_status("frames")
+    assert info.value.status() == "StatusCode.NOT_FOUND"
+    assert info.value.message() == ("CUDA shared memory region 'frames' is not registered (this server registers "
+                                    "none: it sees no CUDA device)")
+    client.unregister_cuda_shared_memory("frames")  # like an unknown system region: not an error
+    client.unregister_cuda_shared_memory()
 
 
 def test_health_checking_and_reflection(url: str) -> None:
