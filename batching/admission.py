@@ -74,13 +74,11 @@ def late_start(left_us: int, waited_us: int, batch_us: float) -> str:
             f"takes {batch_us:.0f} us; dropped uncomputed, retry with a longer deadline or on another server")
 
 
-def smoothed_batch_us(mean_us: float, batch_us: float) -> float:
-    """The mean batch time after one more batch; the first batch sets it."""
-    return batch_us if mean_us <= 0 else mean_us + (batch_us - mean_us) * BATCH_TIME_SMOOTHING
-
-
-def smoothed_deviation_us(deviation_us: float, mean_us: float, batch_us: float) -> float:
-    """The mean absolute deviation of batch times after one more batch, against the mean before it."""
+def smoothed_batch_us(mean_us: float, deviation_us: float, batch_us: float) -> tuple[float, float]:
+    """The mean batch time and its mean absolute deviation after one more batch (the deviation against the mean
+    before it). The first batch sets the mean, and half of it the deviation: unsure, as TCP starts RTTVAR."""
     if mean_us <= 0:
-        return batch_us / 2  # the first batch: unsure, as TCP starts RTTVAR at half the first sample
-    return deviation_us + (abs(batch_us - mean_us) - deviation_us) * DEVIATION_SMOOTHING
+        return batch_us, batch_us / 2
+    error_us = batch_us - mean_us
+    return (mean_us + error_us * BATCH_TIME_SMOOTHING,
+            deviation_us + (abs(error_us) - deviation_us) * DEVIATION_SMOOTHING)

@@ -22,7 +22,6 @@ from infergate.batching.admission import (
     late_start,
     refusal,
     smoothed_batch_us,
-    smoothed_deviation_us,
     too_late_to_start,
 )
 from infergate.batching.faults import plan_after_failure
@@ -103,16 +102,19 @@ class BatchRun:
     executions: list[tuple[int, list[int]]]  # (rows, indexes into the batch) of each execution with outputs
 
 
-@dataclass(slots=True, eq=False)
-class Execution:
-    """One batch handed to an instance, as the watchdog of --model-execution-timeout-s and shutdown see it."""
+class Execution(StopToken):
+    """One batch handed to an instance, as the watchdog of --model-execution-timeout-s and shutdown see it; it is
+    its own runtime calls' StopToken (one object a batch: this is on every call's path)."""
 
-    batch: list[QueuedRequest]
-    stop: StopToken = field(default_factory=StopToken)
-    call_started_ns: int = 0  # monotonic; when its current runtime call (the first, or a retry) began
-    is_finished: bool = False  # set by its thread once it makes no more calls, before the loop hears of it
-    is_abandoned: bool = False  # past its timeout, or at shutdown: its requests were failed and it was told to stop
-    timer: asyncio.TimerHandle | None = None
+    __slots__ = ("batch", "call_started_ns", "is_finished", "is_abandoned", "timer")
+
+    def __init__(self, batch: list[QueuedRequest]) -> None:
+        super().__init__()
+        self.batch = batch
+        self.call_started_ns = 0  # monotonic; when its current runtime call (the first, or a retry) began
+        self.is_finished = False  # set by its thread once it makes no more calls, before the loop hears of it
+        self.is_abandoned = False  # past its timeout, or at shutdown: its requests were failed and it was stopped
+        self.timer: asyncio.TimerHandle | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,11 +415,12 @@ class DynamicBatcher:
         deadline, gets its DEADLINE_EXCEEDED now. A dead one leaves the live counts (not the deque: the caller
         may be iterating it)."""
         if not request.future.done():
-            waited_us = (now_ns - request.timings.enqueued_ns) // 1000
             if request.deadline_ns and now_ns >= request.deadline_ns:
+                waited_us = (now_ns - request.timings.enqueued_ns) // 1000
                 request.future.set_exception(DeadlineExceeded(self.model, waited_us))
             elif request.finish_by_ns and too_late_to_start(request.finish_by_ns - request.timings.enqueued_ns,
                                                             request.finish_by_ns - now_ns, self._slow_batch_us):
+                waited_us = (now_ns - request.timings.enqueued_ns) // 1000
                 request.future.set_exception(CannotFinish(self.model, late_start(
                     (request.finish_by_ns - now_ns) // 1000, waited_us, self._slow_batch_us)))
             else:
@@ -429,9 +432,16 @@ class DynamicBatcher:
         batch: list[QueuedRequest] = []
         for queue in self._queues:
             while queue and len(batch) < count:
-                request = self._popleft(queue)
-                if not request.future.done():
-                    batch.append(request)
+                request = queue.popleft()  # _popleft, inlined: this runs for every request
+                if request.is_queued:
+                    request.is_queued = False
+                    self._queued -= 1
+                    self._requests_by_level[request.level] -= 1
+                    self._rows_by_level[request.level] -= request.rows
+                    if not request.future.done():
+                        batch.append(request)
+                else:
+                    self._dead_queued -= 1
             if len(batch) == count:
                 break
         return batch
@@ -477,45 +487,42 @@ class DynamicBatcher:
 
         Requests cancelled or past their deadline since the batch formed are dropped first, not computed."""
         try:
-            return self._run_parts(batch, rows, execution)
+            missing = InferError(f"internal error: model '{self.model}' produced no result for the request")
+            run = BatchRun([missing] * len(batch), [])
+            now_ns = self._clock_ns()
+            pending = []  # indexes into batch still without a result
+            for index, request in enumerate(batch):
+                if request.future.done():
+                    continue  # cancelled: nobody waits for it (_complete skips it)
+                if request.deadline_ns and now_ns >= request.deadline_ns:
+                    run.results[index] = DeadlineExceeded(self.model, (now_ns - request.timings.enqueued_ns) // 1000)
+                    continue
+                pending.append(index)
+            # Each failure at a row removes one request, so this runs at most once per request.
+            while pending and not execution.is_abandoned:  # abandoned: past its timeout, its requests already failed
+                part = [batch[i] for i in pending]
+                part_rows = rows if len(part) == len(batch) else sum(r.rows for r in part)
+                try:
+                    results = self._execute_and_split(part, part_rows, execution)
+                except Exception as exc:
+                    plan = plan_after_failure(self.model, [r.rows for r in part], exc)
+                    if plan is None:
+                        self._retry_alone(batch, pending, exc, run, execution)
+                        return run
+                    failed = pending[plan.failed]
+                    logger.warning("model '%s': batch of %d requests (%d rows) failed at row %d, in request %d "
+                                   "(its row %d); running the other %d again", self.model, len(part), part_rows,
+                                   plan.batch_row, plan.failed, plan.error.row, len(plan.rerun))
+                    run.results[failed] = plan.error
+                    pending = [pending[i] for i in plan.rerun]
+                    continue
+                for index, result in zip(pending, results):
+                    run.results[index] = result
+                run.executions.append((part_rows, pending))
+                return run
+            return run
         finally:
             execution.is_finished = True  # before the loop hears: a watchdog firing now must not abandon it
-
-    def _run_parts(self, batch: list[QueuedRequest], rows: int, execution: Execution) -> BatchRun:
-        missing = InferError(f"internal error: model '{self.model}' produced no result for the request")
-        run = BatchRun([missing] * len(batch), [])
-        now_ns = self._clock_ns()
-        pending = []  # indexes into batch still without a result
-        for index, request in enumerate(batch):
-            if request.future.done():
-                continue  # cancelled: nobody waits for it (_complete skips it)
-            if request.deadline_ns and now_ns >= request.deadline_ns:
-                run.results[index] = DeadlineExceeded(self.model, (now_ns - request.timings.enqueued_ns) // 1000)
-                continue
-            pending.append(index)
-        # Each failure at a row removes one request, so this runs at most once per request.
-        while pending and not execution.is_abandoned:  # abandoned: past its timeout, its requests already failed
-            part = [batch[i] for i in pending]
-            part_rows = rows if len(part) == len(batch) else sum(r.rows for r in part)
-            try:
-                results = self._execute_and_split(part, part_rows, execution)
-            except Exception as exc:
-                plan = plan_after_failure(self.model, [r.rows for r in part], exc)
-                if plan is None:
-                    self._retry_alone(batch, pending, exc, run, execution)
-                    return run
-                failed = pending[plan.failed]
-                logger.warning("model '%s': batch of %d requests (%d rows) failed at row %d, in request %d "
-                               "(its row %d); running the other %d again", self.model, len(part), part_rows,
-                               plan.batch_row, plan.failed, plan.error.row, len(plan.rerun))
-                run.results[failed] = plan.error
-                pending = [pending[i] for i in plan.rerun]
-                continue
-            for index, result in zip(pending, results):
-                run.results[index] = result
-            run.executions.append((part_rows, pending))
-            return run
-        return run
 
     def _retry_alone(self, batch: list[QueuedRequest], pending: list[int], exc: Exception, run: BatchRun,
                      execution: Execution) -> None:
@@ -553,7 +560,7 @@ class DynamicBatcher:
             names = batch[0].inputs.keys()
             assembled = {name: np.concatenate([r.inputs[name] for r in batch]) for name in names}
         compute_start_ns = clock_ns()
-        outputs = self._execute(assembled, execution.stop)
+        outputs = self._execute(assembled, execution)
         compute_end_ns = clock_ns()
         if self.limits.max_batch_size == 0:
             # A model that does not batch: one request, outputs returned whole.
@@ -622,7 +629,7 @@ class DynamicBatcher:
         for request in execution.batch:
             if not request.future.done():
                 request.future.set_exception(error)
-        execution.stop.stop()
+        execution.stop()
         self.hung_executions += 1
 
     def _tell_health(self) -> None:
@@ -673,8 +680,8 @@ class DynamicBatcher:
         self._free_instances += 1
         if run.executions and batch:
             batch_us = (self._clock_ns() - batch[0].timings.dispatched_ns) / 1000
-            self._batch_deviation_us = smoothed_deviation_us(self._batch_deviation_us, self._mean_batch_us, batch_us)
-            self._mean_batch_us = smoothed_batch_us(self._mean_batch_us, batch_us)
+            self._mean_batch_us, self._batch_deviation_us = smoothed_batch_us(self._mean_batch_us,
+                                                                              self._batch_deviation_us, batch_us)
         delivered = set()
         for index, (request, result) in enumerate(zip(batch, run.results)):
             if request.future.done():

@@ -17,7 +17,6 @@ from infergate.batching.admission import (
     finish_us,
     refusal,
     smoothed_batch_us,
-    smoothed_deviation_us,
     too_late_to_start,
 )
 from infergate.batching.batcher import DynamicBatcher, Watchdog
@@ -108,8 +107,8 @@ def test_after_one_slow_batch_an_idle_model_still_serves_short_deadlines(executo
 
 
 def test_the_mean_batch_time_starts_at_the_first_batch_and_follows_slowly() -> None:
-    assert smoothed_batch_us(0.0, 800.0) == 800.0
-    assert smoothed_batch_us(800.0, 1600.0) == 900.0
+    assert smoothed_batch_us(0.0, 0.0, 800.0) == (800.0, 400.0)  # the first batch: its deviation unsure
+    assert smoothed_batch_us(800.0, 400.0, 1600.0) == (900.0, 500.0)
 
 
 # -- the batcher ----------------------------------------------------------------------------
@@ -410,8 +409,7 @@ def test_a_request_is_dropped_before_its_batch_when_too_little_of_its_deadline_i
     # A deadline that was always shorter than a batch is run: its batch brings an inflated mean back down.
     assert not too_late_to_start(given_ns=30_000_000, left_ns=1_000_000, batch_us=57_000.0)
     assert not too_late_to_start(given_ns=90_000_000, left_ns=1, batch_us=0.0)  # not measured yet
-    assert smoothed_deviation_us(0.0, 0.0, 800.0) == 400.0  # the first batch: unsure
-    assert smoothed_deviation_us(400.0, 800.0, 1000.0) == 350.0
+    assert smoothed_batch_us(800.0, 400.0, 1000.0) == (825.0, 350.0)
 
 
 def test_a_queued_request_that_can_no_longer_finish_in_time_is_not_computed(executor: ThreadPoolExecutor) -> None:
