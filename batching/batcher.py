@@ -193,7 +193,7 @@ class DynamicBatcher:
         self._watchdog = watchdog
         self.hung_executions = 0  # abandoned past their timeout and still running
         self.replaced_instances = 0  # since load
-        self.on_health_change: Callable[[bool], None] | None = None  # told when is_healthy changes
+        self.on_health_change: Callable[[], None] | None = None  # told when is_healthy changes
         # Mean time between arrivals (us) while the model is busy, for the adaptive queue delay;
         # starts as if idle.
         self._gap_cap_us = GAP_CAP_DELAYS * limits.max_queue_delay_us
@@ -634,7 +634,7 @@ class DynamicBatcher:
 
     def _tell_health(self) -> None:
         if self.on_health_change is not None:
-            self.on_health_change(self.is_healthy)
+            self.on_health_change()
 
     @property
     def is_healthy(self) -> bool:

@@ -86,8 +86,9 @@ class OnnxRuntime(Runtime):
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         spec = self.spec
+        self._device_id = gpu_device_id(spec)  # once: it warns about a config it serves on one device
         providers = choose_providers(ort.get_available_providers(), wants_gpu(spec), requires_gpu(spec),
-                                     params.get("enable_tensorrt") == "1", gpu_device_id(spec), spec.name)
+                                     params.get("enable_tensorrt") == "1", self._device_id, spec.name)
         try:
             self.session = ort.InferenceSession(os.fspath(self.model_path), options, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
@@ -99,7 +100,6 @@ class OnnxRuntime(Runtime):
         if mode not in ("auto", "on", "off"):
             raise ConfigError(f"model '{spec.name}': parameter io_binding is '{mode}', expected auto, on or off")
         self._binding_device = io_binding_device(self.session.get_providers(), mode, has_strings)
-        self._device_id = gpu_device_id(spec)
         logger.info("model '%s': onnxruntime providers %s%s", spec.name, self.session.get_providers(),
                     f", I/O binding on {self._binding_device}" if self._binding_device else "")
 

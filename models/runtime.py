@@ -47,6 +47,11 @@ class StopToken:
         execution was stopped already. (stop() sets the flag before it reads the hook, bind() sets the hook
         before it reads the flag: whichever runs second sees the other's write, so no stop is lost.)"""
         self._on_stop = on_stop
+        self.raise_if_stopped()
+
+    def raise_if_stopped(self) -> None:
+        """In the runtime's thread: ExecutionStopped if the execution was stopped (a runtime that cannot be
+        interrupted checks this on entry)."""
         if self.is_stopped:
             raise ExecutionStopped("the execution was stopped before it began (it ran past its timeout)")
 

@@ -12,7 +12,7 @@ import torch
 
 from infergate.models.config import TensorSpec
 from infergate.models.errors import ConfigError
-from infergate.models.runtime import ExecutionStopped, Runtime, StopToken, requires_gpu, wants_gpu
+from infergate.models.runtime import Runtime, StopToken, requires_gpu, wants_gpu
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +73,8 @@ class TorchRuntime(Runtime):
 
     def predict(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str],
                 stop: StopToken | None = None) -> dict[str, np.ndarray]:
-        if stop is not None and stop.is_stopped:
-            raise ExecutionStopped("the execution was stopped before it began (it ran past its timeout)")
+        if stop is not None:
+            stop.raise_if_stopped()
         args = [torch.from_numpy(np.ascontiguousarray(inputs[name])).to(self._device) for name in self._input_order]
         with torch.inference_mode():
             result = self.module(*args)

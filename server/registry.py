@@ -232,13 +232,9 @@ class ModelRegistry:
             except Exception:
                 pass  # already logged and recorded as the model's reason
 
-    def _health_changed(self, is_healthy: bool) -> None:
+    def _health_changed(self) -> None:
         if self.on_health_change is not None:
             self.on_health_change()
-
-    def hung_executions(self) -> int:
-        """Executions past their timeout still running, over every loaded model (see DynamicBatcher)."""
-        return sum(s.batcher.hung_executions for s in self.all_served() if isinstance(s, ServedModel))
 
     async def stop(self, drain_timeout_s: float) -> None:
         # A cascade holds no batcher: its requests finish, or fail UNAVAILABLE, in its stages' drains.
@@ -251,7 +247,7 @@ def _still_serving(previous: list[Served], reason: str) -> str:
     return f"the previous load still serves (version {versions}); loading again failed: {reason}"
 
 
-def _serve(loaded: LoadedVersion, server_timeout_s: float, on_health_change: Callable[[bool], None]) -> ServedModel:
+def _serve(loaded: LoadedVersion, server_timeout_s: float, on_health_change: Callable[[], None]) -> ServedModel:
     spec, runtime = loaded.spec, loaded.runtime
     output_names = [t.name for t in spec.outputs]
     stats = ModelStats()
