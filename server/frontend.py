@@ -29,7 +29,6 @@ from infergate.server.loop import LOOPS, in_request_order, run_on_loop
 from infergate.server.protocol import METHOD_NAMES, SERVICE_NAME
 from infergate.server.transports.edge import Edge, edge_from_environment
 from infergate.server.transports.grpcio import DrainInterceptor, bind, drain, grpc_server
-from infergate.server.transports.native import Http2Server
 
 logger = logging.getLogger(__name__)
 
@@ -151,15 +150,10 @@ class _NativeFront:
     """The native HTTP/2 transport on the shared port, its inference calls forwarded."""
 
     def __init__(self, edge: Edge, link: EngineLink, health: HealthState) -> None:
-        self.server = Http2Server(routes.build_routes(forwarding_methods(link), health), edge.max_message_bytes,
-                                  limits=edge.limits, ssl_context=edge.ssl_context,
-                                  access=None if edge.access.is_open else edge.access)
+        self.server = routes.edge_server(forwarding_methods(link), health, edge)
 
     async def start(self, grpc_address: str) -> None:
-        try:
-            await self.server.start(grpc_address, is_port_shared=True)
-        except (OSError, ValueError) as exc:
-            raise OSError(f"cannot listen on --grpc-address {grpc_address}: {exc}") from None
+        await routes.listen(self.server, grpc_address, is_port_shared=True)
 
     async def stop(self, grace_s: float) -> None:
         await self.server.stop(grace_s)

@@ -13,7 +13,8 @@ from infergate.server.errors import code_of
 from infergate.server.health import HEALTH_SERVICE, HealthState
 from infergate.server.protocol import METHOD_NAMES, SERVICE_NAME
 from infergate.server.reflection import V1_SERVICE_NAME, reflection_servicer
-from infergate.server.transports.native import Route, Stream
+from infergate.server.transports.edge import Edge
+from infergate.server.transports.native import Http2Server, Route, Stream
 
 
 def _check(health: HealthState) -> Callable[[bytes, Any], Awaitable[bytes]]:
@@ -55,6 +56,21 @@ def _reflection() -> Callable[[bytes, Any], Awaitable[bytes]]:
         return response.SerializeToString()  # type: ignore[no-any-return]
 
     return call
+
+
+def edge_server(methods: list[BytesMethod], health: HealthState, edge: Edge) -> Http2Server:
+    """The native HTTP/2 server of these methods, with the edge's message limit, HTTP/2 budgets, TLS and access
+    policy: the engine's (--transport native) and each --workers front end's."""
+    return Http2Server(build_routes(methods, health), edge.max_message_bytes, limits=edge.limits,
+                       ssl_context=edge.ssl_context, access=None if edge.access.is_open else edge.access)
+
+
+async def listen(server: Http2Server, address: str, is_port_shared: bool = False) -> int:
+    """Starts the server on --grpc-address; returns the TCP port. Raises OSError naming the flag and the address."""
+    try:
+        return await server.start(address, is_port_shared)
+    except (OSError, ValueError) as exc:
+        raise OSError(f"cannot listen on --grpc-address {address}: {exc}") from None
 
 
 def build_routes(methods: list[BytesMethod], health: HealthState) -> dict[bytes, Route]:

@@ -8,7 +8,6 @@ from infergate.server.health import HealthState
 from infergate.server.service import InferenceService, generic_handler
 from infergate.server.transports.edge import Edge, Transport
 from infergate.server.transports.grpcio import GrpcioTransport
-from infergate.server.transports.native import Http2Server
 
 TRANSPORTS = ("native", "grpcio")  # --transport choices for the process that serves gRPC itself
 
@@ -18,16 +17,10 @@ class NativeTransport:
 
     def __init__(self, edge: Edge, service: InferenceService) -> None:
         self.health = HealthState()
-        self.server = Http2Server(routes.build_routes(bytes_methods(service), self.health), edge.max_message_bytes,
-                                  limits=edge.limits,
-                                  ssl_context=edge.ssl_context,
-                                  access=None if edge.access.is_open else edge.access)
+        self.server = routes.edge_server(bytes_methods(service), self.health, edge)
 
     async def start(self, address: str) -> int:
-        try:
-            return await self.server.start(address)
-        except (OSError, ValueError) as exc:
-            raise OSError(f"cannot listen on --grpc-address {address}: {exc}") from None
+        return await routes.listen(self.server, address)
 
     async def set_serving(self, is_serving: bool) -> None:
         self.health.set_serving(is_serving)
